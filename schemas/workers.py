@@ -1,0 +1,5 @@
+"""Workers on many machines: the Worker heartbeat table."""
+
+import datajoint as dj
+
+schema = dj.Schema()

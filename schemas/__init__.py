@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from types import ModuleType
 
-import datajoint as dj
+# the embedded default database needs no datajoint.json: do not warn that there is none
+warnings.filterwarnings("ignore", message="No datajoint.json found")
+import datajoint as dj  # noqa: E402
 
 # in dependency order: a stage only references tables of the stages before it
 STAGES = ("imaging", "spikes", "sysid", "workers")

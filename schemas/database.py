@@ -231,16 +231,22 @@ def connect(*, reset: bool = False) -> dj.Connection:
     configure_stores()
     if dj.config.database.password is None:
         dj.config["database.password"] = ""
-    try:
-        import warnings
+    import logging
+    import warnings
 
+    # DataJoint logs its TLS fallback as a warning; the user gets one line from us instead
+    log = logging.getLogger("datajoint")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*MariaDB is not officially supported.*")
-            warnings.filterwarnings("ignore", message=".*SSL connection failed.*")
             return dj.conn(reset=reset)
     except Exception as error:
         reason = " ".join(str(error).split()) or error.__class__.__name__
         raise DatabaseUnavailable(f"cannot connect to {where.describe()} (backend {where.backend}): {reason}") from None
+    finally:
+        log.setLevel(level)
 
 
 def ensure_connected(connection: dj.Connection) -> bool:

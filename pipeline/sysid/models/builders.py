@@ -1,0 +1,196 @@
+"""Model builders of the registry: ``fn(dataloaders, seed, *, ...config) -> Encoder``.
+
+Shapes and numbers of neurons are read from the training loaders, one readout per data_key.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from pipeline import identity
+from pipeline.sysid.training import set_seed
+
+from .cores import IdentityCore, RotationEquivariantCore, StackedCNNCore
+from .encoder import Encoder
+from .modulator import BehaviorModulator
+from .readouts import FactorizedReadout, GaussianReadout, LinearReadout
+from .shifter import Shifter
+
+# batches read per dataset to estimate mean responses for the readouts' bias
+_MEAN_BATCHES = 20
+
+
+def dataset_shapes(dataloaders: dict) -> dict[str, dict]:
+    """Per data_key of the training loaders: image shape (C, H, W), n_neurons, mean responses.
+
+    Raises
+    ------
+    ValueError
+        If there is no training loader or a loader yields no batch.
+    """
+    train = dataloaders.get("train") if isinstance(dataloaders, dict) else None
+    if not train:
+        raise ValueError("dataloaders has no 'train' loaders (expected {'train': {data_key: DataLoader}, ...})")
+    shapes = {}
+    for key, loader in train.items():
+        total, count, first = None, 0, None
+        for i, batch in enumerate(loader):
+            if i == 0:
+                first = batch
+            responses = batch["responses"].double()
+            total = responses.sum(0) if total is None else total + responses.sum(0)
+            count += responses.shape[0]
+            if i + 1 >= _MEAN_BATCHES:
+                break
+        if first is None:
+            raise ValueError(f"training loader of data_key {key!r} yields no batch")
+        shapes[key] = {
+            "image_shape": tuple(first["images"].shape[1:]),
+            "n_neurons": int(first["responses"].shape[1]),
+            "mean_activity": (total / count).float(),
+            "behavior_dims": int(first["behavior"].shape[1]) if first.get("behavior") is not None else 0,
+        }
+    image_shapes = {s["image_shape"] for s in shapes.values()}
+    if len(image_shapes) != 1:
+        raise ValueError(f"datasets of one shared core need one image shape, got {sorted(image_shapes)}")
+    return shapes
+
+
+@torch.no_grad()
+def core_output_shape(core: torch.nn.Module, image_shape: tuple) -> tuple[int, int, int]:
+    """(C, H', W') the core makes of one image of ``image_shape``."""
+    was_training = core.training
+    core.eval()
+    out = core(torch.zeros(1, *image_shape))
+    core.train(was_training)
+    return tuple(out.shape[1:])
+
+
+def _encoder(core, shapes: dict, make_readout: Callable, shifter: dict | None = None, modulator: dict | None = None):
+    image_shape = next(iter(shapes.values()))["image_shape"]
+    in_shape = core_output_shape(core, image_shape)
+    readouts = {k: make_readout(in_shape, s["n_neurons"], s["mean_activity"]) for k, s in shapes.items()}
+    shifters = {k: Shifter(**shifter) for k in shapes} if shifter is not None else None
+    modulators = None
+    if modulator is not None:
+        missing = [k for k, s in shapes.items() if not s["behavior_dims"]]
+        if missing:
+            raise ValueError(f"a behaviour modulator needs behaviour in the batches; data_key(s) {missing} have none")
+        modulators = {k: BehaviorModulator(s["n_neurons"], s["behavior_dims"], **modulator) for k, s in shapes.items()}
+    return Encoder(core, readouts, shifters, modulators)
+
+
+@identity.register("model", "cnn_factorized")
+def cnn_factorized(
+    dataloaders: dict,
+    seed: int,
+    *,
+    hidden_channels: int = 32,
+    layers: int = 3,
+    input_kernel: int = 9,
+    hidden_kernel: int = 7,
+    pad_input: bool = False,
+    gamma_input: float = 1.0,
+    gamma_hidden: float = 0.0,
+    gamma_readout: float = 1e-4,
+) -> Encoder:
+    """Stacked CNN core + factorized "what x where" readout (Klindt et al. 2017)."""
+    set_seed(seed)
+    shapes = dataset_shapes(dataloaders)
+    channels = next(iter(shapes.values()))["image_shape"][0]
+    core = StackedCNNCore(
+        channels, hidden_channels, layers, input_kernel, hidden_kernel, pad_input, gamma_input, gamma_hidden
+    )
+    return _encoder(core, shapes, lambda s, n, m: FactorizedReadout(s, n, gamma_readout, m))
+
+
+@identity.register("model", "rotation_factorized")
+def rotation_factorized(
+    dataloaders: dict,
+    seed: int,
+    *,
+    features: int = 4,
+    rotations: int = 8,
+    layers: int = 3,
+    input_kernel: int = 9,
+    hidden_kernel: int = 7,
+    basis_order: int = 4,
+    pad_input: bool = False,
+    gamma_input: float = 1.0,
+    gamma_hidden: float = 0.0,
+    gamma_readout: float = 1e-4,
+) -> Encoder:
+    """Rotation-equivariant core (Ecker et al. 2019) + factorized readout."""
+    set_seed(seed)
+    shapes = dataset_shapes(dataloaders)
+    channels = next(iter(shapes.values()))["image_shape"][0]
+    core = RotationEquivariantCore(
+        channels,
+        features,
+        rotations,
+        layers,
+        input_kernel,
+        hidden_kernel,
+        basis_order,
+        pad_input,
+        gamma_input,
+        gamma_hidden,
+    )
+    return _encoder(core, shapes, lambda s, n, m: FactorizedReadout(s, n, gamma_readout, m))
+
+
+@identity.register("model", "cnn_gaussian")
+def cnn_gaussian(
+    dataloaders: dict,
+    seed: int,
+    *,
+    hidden_channels: int = 32,
+    layers: int = 3,
+    input_kernel: int = 9,
+    hidden_kernel: int = 7,
+    pad_input: bool = False,
+    gamma_input: float = 1.0,
+    gamma_hidden: float = 0.0,
+    init_mu_range: float = 0.3,
+    init_sigma: float = 0.1,
+    gamma_readout: float = 1e-4,
+    shifter: bool = False,
+    shifter_hidden: int = 5,
+    shifter_layers: int = 2,
+    modulator: bool = False,
+    modulator_hidden: int = 10,
+) -> Encoder:
+    """Stacked CNN core + Gaussian readout (Lurz et al. 2021), optionally with a shifter and a
+    behaviour modulator (the Sensorium / Sensorium+ baseline)."""
+    set_seed(seed)
+    shapes = dataset_shapes(dataloaders)
+    channels = next(iter(shapes.values()))["image_shape"][0]
+    core = StackedCNNCore(
+        channels, hidden_channels, layers, input_kernel, hidden_kernel, pad_input, gamma_input, gamma_hidden
+    )
+    return _encoder(
+        core,
+        shapes,
+        lambda s, n, m: GaussianReadout(s, n, init_mu_range, init_sigma, gamma_readout, m),
+        shifter={"hidden": shifter_hidden, "layers": shifter_layers} if shifter else None,
+        modulator={"hidden": modulator_hidden} if modulator else None,
+    )
+
+
+@identity.register("model", "linear_nonlinear")
+def linear_nonlinear(
+    dataloaders: dict,
+    seed: int,
+    *,
+    downsample: int = 2,
+    gamma_smooth: float = 1.0,
+    gamma_l2: float = 0.0,
+) -> Encoder:
+    """Linear-nonlinear baseline: one smooth linear filter per neuron on the (pooled) image."""
+    set_seed(seed)
+    shapes = dataset_shapes(dataloaders)
+    channels = next(iter(shapes.values()))["image_shape"][0]
+    core = IdentityCore(channels, downsample)
+    return _encoder(core, shapes, lambda s, n, m: LinearReadout(s, n, gamma_smooth, gamma_l2, m))

@@ -26,6 +26,7 @@ DEFAULT_MODULES: dict[str, tuple[str, ...]] = {
     "dataset": ("pipeline.sysid.data",),
     "model": ("pipeline.sysid.models",),
     "trainer": ("pipeline.sysid.training",),
+    "response": ("pipeline.sysid.responses",),
 }
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}

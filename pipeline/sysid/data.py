@@ -620,3 +620,68 @@ def filetree_loaders(
             train_fraction=train_fraction,
         )
     return make_loaders(datasets, seed, batch_size=batch_size, shuffle=shuffle)
+
+
+def trials_filetree(
+    images: dict[int, np.ndarray],
+    responses: np.ndarray,
+    image_ids: np.ndarray,
+    trial_idx: np.ndarray,
+    unit_ids: np.ndarray,
+    *,
+    behavior: np.ndarray | None = None,
+    pupil_center: np.ndarray | None = None,
+    seed: int = 0,
+    validation_fraction: float = 0.1,
+    neurons: dict[str, np.ndarray] | None = None,
+) -> FileTree:
+    """A FileTree dataset from trial responses, with tiers assigned.
+
+    Images shown on more than one trial make the ``test`` tier (their repeats give the
+    noise estimate of correlation to average and FEVE); the other images are split into
+    ``validation`` (a seeded random ``validation_fraction`` of them) and ``train``.
+
+    Parameters
+    ----------
+    images
+        image_id -> (H, W) or (1, H, W) stimulus.
+    responses
+        (trials, units) response of every unit on every trial.
+    image_ids, trial_idx
+        (trials,) the image shown and the trial's index.
+    unit_ids
+        (units,) ids of the units (columns of ``responses``).
+    behavior, pupil_center
+        (trials, 3) and (trials, 2), or None.
+    seed
+        Seeds the train / validation split.
+    validation_fraction
+        Fraction of the once-shown images that go to validation.
+    neurons
+        Further per-unit meta arrays (area, layer, coordinates, ...).
+    """
+    image_ids = np.asarray(image_ids, dtype=np.int64)
+    missing = sorted(set(image_ids.tolist()) - set(int(i) for i in images))
+    if missing:
+        raise FileTreeError(f"trials show image id(s) {missing[:10]} that have no image")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise FileTreeError(f"validation_fraction = {validation_fraction} (expected in [0, 1))")
+    ids, counts = np.unique(image_ids, return_counts=True)
+    repeated = ids[counts > 1]
+    single = ids[counts == 1]
+    chosen = np.random.default_rng(seed).permutation(single)[: int(round(validation_fraction * len(single)))]
+    tiers = np.where(
+        np.isin(image_ids, repeated), "test", np.where(np.isin(image_ids, chosen), "validation", "train")
+    ).astype("<U10")
+    stack = np.stack([np.asarray(images[int(i)], dtype=np.float32).reshape(1, *np.shape(images[int(i)])[-2:])
+                      for i in image_ids]) if len(image_ids) else np.zeros((0, 1, 1, 1), np.float32)
+    return FileTree(
+        images=stack,
+        responses=responses,
+        tiers=tiers,
+        image_ids=image_ids,
+        trial_idx=trial_idx,
+        neurons={"unit_ids": np.asarray(unit_ids, dtype=np.int64), **(neurons or {})},
+        behavior=behavior,
+        pupil_center=pupil_center,
+    )

@@ -1,0 +1,96 @@
+"""Trial responses: the activity of every unit in a window after each stimulus onset."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline import identity
+
+
+@identity.register("response", name="window_mean")
+def window_mean(
+    activity: np.ndarray,
+    onsets: np.ndarray,
+    fps: float,
+    behavior: dict[str, np.ndarray] | None = None,
+    *,
+    start: float = 0.05,
+    stop: float = 0.5,
+) -> dict[str, np.ndarray | None]:
+    """Mean activity of every unit, and mean behaviour, in a window after every onset.
+
+    Parameters
+    ----------
+    activity
+        (units, frames) inferred spike rate per frame.
+    onsets
+        (trials,) frame index of every stimulus onset.
+    fps
+        Frame rate (Hz).
+    behavior
+        Optional per-frame traces (frames,): ``running`` (cm/s), ``pupil_radius``,
+        ``pupil_x``, ``pupil_y`` (eye-camera pixels); missing keys are allowed only as a whole.
+    start, stop
+        The window, in seconds after onset: frames ``onset + round(start * fps)`` up to (not
+        including) ``onset + max(round(stop * fps), round(start * fps) + 1)``.
+
+    Returns
+    -------
+    dict
+        ``responses`` (trials, units) float32; ``behavior`` (trials, 3) float32 as pupil
+        radius, its derivative (per second), running speed, and ``pupil_center`` (trials, 2)
+        float32 as (x, y) minus their mean over trials -- both None without ``behavior``.
+
+    Raises
+    ------
+    ValueError
+        If a window leaves the recording or the window is empty, naming the trial.
+    """
+    activity = np.asarray(activity, dtype=np.float64)
+    onsets = np.asarray(onsets, dtype=np.int64)
+    if activity.ndim != 2:
+        raise ValueError(f"activity has shape {activity.shape} (expected (units, frames))")
+    if not stop > start >= 0:
+        raise ValueError(f"response window start={start}, stop={stop} s (expected 0 <= start < stop)")
+    if fps <= 0:
+        raise ValueError(f"fps = {fps} (expected > 0)")
+    frames = activity.shape[1]
+    first = int(round(start * fps))
+    last = max(int(round(stop * fps)), first + 1)
+    begin, end = onsets + first, onsets + last
+    bad = np.flatnonzero((begin < 0) | (end > frames))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"trial {i}: response window frames {begin[i]}..{end[i] - 1} outside the recording "
+            f"(expected within 0..{frames - 1})"
+        )
+    # cumulative sums give every window mean in one pass
+    cumulative = np.concatenate([np.zeros((activity.shape[0], 1)), np.cumsum(activity, axis=1)], axis=1)
+    responses = ((cumulative[:, end] - cumulative[:, begin]) / (end - begin)).T.astype(np.float32)
+    if behavior is None:
+        return {"responses": responses, "behavior": None, "pupil_center": None}
+    needed = ("running", "pupil_radius", "pupil_x", "pupil_y")
+    missing = [k for k in needed if behavior.get(k) is None]
+    if missing:
+        raise ValueError(f"behavior lacks {missing} (expected all of {list(needed)} or no behavior)")
+    traces = {}
+    for name in needed:
+        trace = np.asarray(behavior[name], dtype=np.float64).ravel()
+        if trace.shape[0] != frames:
+            raise ValueError(f"behavior {name} has {trace.shape[0]} frames (expected {frames}, as activity)")
+        traces[name] = np.concatenate([[0.0], np.cumsum(trace)])
+    derivative = np.gradient(np.asarray(behavior["pupil_radius"], dtype=np.float64).ravel()) * fps
+    traces["pupil_derivative"] = np.concatenate([[0.0], np.cumsum(derivative)])
+
+    def mean(name: str) -> np.ndarray:
+        return (traces[name][end] - traces[name][begin]) / (end - begin)
+
+    behavior_out = np.stack([mean("pupil_radius"), mean("pupil_derivative"), mean("running")], axis=1)
+    center = np.stack([mean("pupil_x"), mean("pupil_y")], axis=1)
+    center -= center.mean(axis=0, keepdims=True)
+    return {
+        "responses": responses,
+        "behavior": behavior_out.astype(np.float32),
+        "pupil_center": center.astype(np.float32),
+    }

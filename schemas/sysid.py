@@ -1,5 +1,566 @@
-"""System identification: TrialResponses, Dataset, configs, TrainedModel, Score."""
+"""System identification: TrialResponses, Dataset, configs, TrainedModel, Score; `pipeline reproduce`.
+
+Every dataset, imported from a Sensorium FileTree folder or built from ``TrialResponses``, is
+a FileTree folder in the ``raw`` object store, under an explicit ``dataset_id`` (never parsed
+from a path). A trained model is the product of a dataset, a dataset config, a model config, a
+trainer config and a seed; it is trained outside any transaction (three-part make), its
+weights are a CPU state dict in the ``models`` store, and ``reproduce(key)`` rebuilds it.
+
+Deleting a ``TrainedModel`` or ``Dataset`` through its ``delete()`` removes its stored files.
+Rows removed by a cascade from further upstream (e.g. deleting a ``ModelConfig``) leave files
+behind: ``collect_garbage()`` removes every file of this schema that no row references.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import datajoint as dj
+import numpy as np
+
+from . import imaging, params, spikes
 
 schema = dj.Schema()
+
+# tolerance of `pipeline reproduce` when comparing recomputed and stored scores
+REPRODUCE_TOLERANCE = 1e-5
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _local_folder(ref) -> str:
+    """A local path of a stored folder: the store's own path for a file store, else a cached download."""
+    backend = ref._backend if getattr(ref, "_backend", None) is not None else None
+    if backend is not None and backend.protocol == "file":
+        return str(Path(ref.full_path))
+    from . import database
+
+    cache = database.home() / "cache" / "datasets" / hashlib.sha256(ref.path.encode()).hexdigest()[:16]
+    if not (cache / "meta").is_dir():
+        ref.download(cache)
+    return str(cache)
+
+
+# --------------------------------------------------------------------------------------- #
+# parameter sets and seeds
+# --------------------------------------------------------------------------------------- #
+
+
+@schema
+class DatasetConfig(dj.Lookup):
+    definition = params.config_definition("dataset_config", "how a dataset is read: tiers, normalization, selection, batch size")
+    builder_kind = "dataset"
+
+
+@schema
+class ModelConfig(dj.Lookup):
+    definition = params.config_definition("model", "a model architecture and its hyperparameters")
+    builder_kind = "model"
+
+
+@schema
+class TrainerConfig(dj.Lookup):
+    definition = params.config_definition("trainer", "how a model is trained")
+    builder_kind = "trainer"
+
+
+@schema
+class Seed(dj.Lookup):
+    definition = """
+    # seeds of trained models
+    seed : int32
+    """
+
+
+# --------------------------------------------------------------------------------------- #
+# trial responses (needs imaging.Trial / Behavior / ScanInfo and spikes.Activity)
+# --------------------------------------------------------------------------------------- #
+
+
+# TrialResponses needs the imaging and spikes stages (imaging.Trial, spikes.Activity); until
+# they define those tables this stage declares everything else.
+HAS_TRIAL_RESPONSES = hasattr(spikes, "Activity") and hasattr(imaging, "Trial")
+
+if HAS_TRIAL_RESPONSES:
+
+    @schema
+    class ResponseWindow(dj.Lookup):
+        definition = params.config_definition("response_window", "how a trial's response is taken from activity")
+        builder_kind = "response"
+
+
+    @schema
+    class TrialResponses(dj.Computed):
+        definition = """
+        # response of every unit on every stimulus trial, in a window after onset
+        -> spikes.Activity
+        -> ResponseWindow
+        ---
+        n_trials      : int32
+        n_units       : int32
+        unit_ids      : <blob>    # (units,) int64: the order of every trial's responses
+        has_behavior  : bool      # behavior and pupil_center are filled
+        """
+
+        class Trial(dj.Part):
+            definition = """
+            -> master
+            -> imaging.Trial
+            ---
+            responses            : <blob>   # (units,) float32 mean activity in the window
+            behavior = null      : <blob>   # (3,) float32 pupil radius, its derivative (/s), running speed
+            pupil_center = null  : <blob>   # (2,) float32 eye position (x, y) minus its mean
+            """
+
+        def make(self, key):
+            fn, config = params.load_config(ResponseWindow, key)
+            units = (spikes.Activity.Unit & key).to_dicts(order_by="unit_id")
+            if not units:
+                raise ValueError(f"TrialResponses {key}: Activity has no units (expected at least one)")
+            trials = (imaging.Trial & key).to_dicts(order_by="trial_idx")
+            if not trials:
+                raise ValueError(f"TrialResponses {key}: the scan has no stimulus trials (expected imaging.Trial rows)")
+            fps = float((imaging.ScanInfo & key).fetch1("fps"))
+            behavior = None
+            if imaging.Behavior & key:
+                row = (imaging.Behavior & key).fetch1()
+                behavior = {k: row.get(k) for k in ("running", "pupil_radius", "pupil_x", "pupil_y")}
+            activity = np.stack([np.asarray(u["spikes"], dtype=np.float32) for u in units])
+            onsets = np.array([t["onset_frame"] for t in trials], dtype=np.int64)
+            out = fn(activity, onsets, fps, behavior, **config)
+            unit_ids = np.array([u["unit_id"] for u in units], dtype=np.int64)
+            self.insert1(
+                {
+                    **key,
+                    "n_trials": len(trials),
+                    "n_units": len(units),
+                    "unit_ids": unit_ids,
+                    "has_behavior": out["behavior"] is not None,
+                }
+            )
+            rows = []
+            for i, trial in enumerate(trials):
+                rows.append(
+                    {
+                        **key,
+                        "trial_idx": int(trial["trial_idx"]),
+                        "responses": out["responses"][i],
+                        "behavior": None if out["behavior"] is None else out["behavior"][i],
+                        "pupil_center": None if out["pupil_center"] is None else out["pupil_center"][i],
+                    }
+                )
+            self.Trial.insert(rows)
+
+
+# --------------------------------------------------------------------------------------- #
+# datasets
+# --------------------------------------------------------------------------------------- #
+
+
+@schema
+class Dataset(dj.Manual):
+    definition = """
+    # a stimulus/response dataset, stored as a FileTree folder (Sensorium layout)
+    dataset_id  : varchar(64)     # explicit name; also the data key of its readout
+    ---
+    filetree    : <object@raw>    # the FileTree folder
+    n_trials    : int32
+    n_neurons   : int32
+    height      : int32
+    width       : int32
+    tiers       : json            # {tier: number of trials}
+    origin      : varchar(32)     # "filetree" (imported) or "trial_responses"
+    note = ""   : varchar(255)
+    """
+
+    def delete(self, *args, **kwargs):
+        """Delete rows (cascading to trained models) and the stored folders and weights."""
+        refs = _stored_refs(self, "filetree") + _stored_refs(TrainedModel & self.proj(), "weights")
+        count = super().delete(*args, **kwargs)
+        _remove_unreferenced(refs)
+        return count
+
+
+if HAS_TRIAL_RESPONSES:
+
+    @schema
+    class DatasetSource(dj.Manual):
+        definition = """
+        # the trial responses a dataset was built from
+        -> Dataset
+        ---
+        -> TrialResponses
+        """
+
+
+def _dataset_row(tree, dataset_id: str, origin: str, note: str) -> dict:
+    tiers, counts = np.unique(tree.tiers, return_counts=True)
+    return {
+        "dataset_id": dataset_id,
+        "n_trials": tree.n_trials,
+        "n_neurons": tree.n_neurons,
+        "height": int(tree.images.shape[2]),
+        "width": int(tree.images.shape[3]),
+        "tiers": {str(t): int(c) for t, c in zip(tiers, counts)},
+        "origin": origin,
+        "note": note,
+    }
+
+
+def import_filetree(path: str | os.PathLike, dataset_id: str, note: str = "") -> dict:
+    """Validate a FileTree folder and store a copy of it as ``Dataset`` ``dataset_id``.
+
+    Raises ``FileTreeError`` (naming the folder, field and expectation) before anything is
+    inserted if the folder does not follow the layout.
+    """
+    from pipeline.sysid import data
+
+    if not dataset_id or len(dataset_id) > 64:
+        raise ValueError(f"dataset_id {dataset_id!r} (expected 1 to 64 characters)")
+    tree = data.read_filetree(path)
+    Dataset.insert1({**_dataset_row(tree, dataset_id, "filetree", note), "filetree": str(Path(path))})
+    return {"dataset_id": dataset_id}
+
+
+def dataset_from_responses(
+    key: dict, dataset_id: str, *, seed: int = 0, validation_fraction: float = 0.1, note: str = ""
+) -> dict:
+    """Build a FileTree dataset from one ``TrialResponses`` row and store it as ``dataset_id``.
+
+    Images shown on several trials form the test tier; the rest is split into train and
+    validation with ``seed`` (``pipeline.sysid.data.trials_filetree``).
+    """
+    from pipeline.sysid import data
+
+    source = (TrialResponses & key).fetch1()
+    source_key = {k: source[k] for k in TrialResponses.primary_key}
+    trials = (TrialResponses.Trial * imaging.Trial & source_key).to_dicts(order_by="trial_idx")
+    image_ids = np.array([t["image_id"] for t in trials], dtype=np.int64)
+    images = {
+        int(r["image_id"]): np.asarray(r["image"], dtype=np.float32)
+        for r in (imaging.StimulusImage & [{"image_id": int(i)} for i in np.unique(image_ids)]).to_dicts()
+    }
+    has_behavior = bool(source["has_behavior"])
+    tree = data.trials_filetree(
+        images,
+        np.stack([t["responses"] for t in trials]),
+        image_ids,
+        np.array([t["trial_idx"] for t in trials], dtype=np.int64),
+        np.asarray(source["unit_ids"], dtype=np.int64),
+        behavior=np.stack([t["behavior"] for t in trials]) if has_behavior else None,
+        pupil_center=np.stack([t["pupil_center"] for t in trials]) if has_behavior else None,
+        seed=seed,
+        validation_fraction=validation_fraction,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = data.write_filetree(Path(tmp) / dataset_id, tree)
+        connection = Dataset.connection
+        with connection.transaction:
+            Dataset.insert1(
+                {**_dataset_row(tree, dataset_id, "trial_responses", note), "filetree": str(folder)}
+            )
+            DatasetSource.insert1({"dataset_id": dataset_id, **source_key})
+    return {"dataset_id": dataset_id}
+
+
+def export_dataset(key: dict, destination: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write the stored dataset at ``key`` to ``destination`` in the FileTree layout."""
+    from pipeline.sysid import data
+
+    ref = (Dataset & key).fetch1("filetree")
+    return data.export_filetree(_local_folder(ref), destination, overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------------------- #
+# trained models and scores
+# --------------------------------------------------------------------------------------- #
+
+
+def _builders(key: dict) -> tuple:
+    """(dataset_fn, dataset_config with folder, model_fn, model_config, seed) of a model key."""
+    from pipeline.sysid import fitting
+
+    dataset_id = (Dataset & key).fetch1("dataset_id")
+    folder = _local_folder((Dataset & key).fetch1("filetree"))
+    dataset_fn, dataset_config = params.load_config(DatasetConfig, key)
+    model_fn, model_config = params.load_config(ModelConfig, key)
+    dataset_config = fitting.dataset_config_with_paths(dataset_config, [folder], [dataset_id])
+    return dataset_fn, dataset_config, model_fn, model_config, int(key["seed"])
+
+
+@schema
+class TrainedModel(dj.Computed):
+    definition = """
+    # a model trained on a dataset with a dataset, model and trainer config and a seed
+    -> Dataset
+    -> DatasetConfig
+    -> ModelConfig
+    -> TrainerConfig
+    -> Seed
+    ---
+    score       : float64         # trainer's best validation correlation
+    output      : json            # trainer's history and figures
+    weights     : <object@models> # torch state dict of CPU tensors (.pt)
+    provenance  : json            # packages, git commit, torch / CUDA, host, GPU, wall time, seed
+    """
+
+    def make_fetch(self, key):
+        dataset_fn, dataset_config, model_fn, model_config, seed = _builders(key)
+        trainer_fn, trainer_config = params.load_config(TrainerConfig, key)
+        names = (
+            (DatasetConfig & key).fetch1("builder"),
+            (ModelConfig & key).fetch1("builder"),
+            (TrainerConfig & key).fetch1("builder"),
+        )
+        # builder names (not functions) keep the fetched data hashable and comparable
+        return names, dataset_config, model_config, trainer_config, seed
+
+    def make_compute(self, key, names, dataset_config, model_config, trainer_config, seed):
+        from pipeline import identity
+        from pipeline.sysid import fitting
+
+        fit = fitting.fit(
+            identity.resolve("dataset", names[0]),
+            dataset_config,
+            identity.resolve("model", names[1]),
+            model_config,
+            identity.resolve("trainer", names[2]),
+            trainer_config,
+            seed,
+        )
+        return fit.score, fit.output, fitting.state_dict_bytes(fit.state_dict), fit.provenance
+
+    def make_insert(self, key, score, output, weights, provenance):
+        self.insert1(
+            {**key, "score": score, "output": output, "weights": (".pt", weights), "provenance": provenance}
+        )
+
+    def delete(self, *args, **kwargs):
+        """Delete rows (and their scores) and their stored weights."""
+        refs = _stored_refs(self, "weights")
+        count = super().delete(*args, **kwargs)
+        _remove_unreferenced(refs)
+        return count
+
+
+@schema
+class Score(dj.Computed):
+    definition = """
+    # test-tier scores of a trained model (Sensorium metrics)
+    -> TrainedModel
+    ---
+    single_trial_correlation : float64   # mean over units
+    correlation_to_average   : float64   # mean over units
+    feve = null              : float64   # mean over units with FEV >= 0.15 (null if none)
+    n_units                  : int32
+    n_units_feve             : int32
+    """
+
+    class Unit(dj.Part):
+        definition = """
+        -> master
+        unit_id : int64
+        ---
+        single_trial_correlation : float64
+        correlation_to_average   : float64
+        feve                     : float64
+        fev                      : float64
+        """
+
+    def make_fetch(self, key):
+        dataset_fn, dataset_config, model_fn, model_config, seed = _builders(key)
+        names = ((DatasetConfig & key).fetch1("builder"), (ModelConfig & key).fetch1("builder"))
+        weights = (TrainedModel & key).fetch1("weights").read()
+        # as text (latin-1 maps bytes 1:1): populate hashes the fetched data, and its hasher
+        # cannot take arbitrary bytes
+        return names, dataset_config, model_config, seed, weights.decode("latin-1")
+
+    def make_compute(self, key, names, dataset_config, model_config, seed, weights):
+        weights = weights.encode("latin-1")
+        scores = _score(key, names, dataset_config, model_config, seed, weights, device=None)
+        return (scores,)
+
+    def make_insert(self, key, scores):
+        self.insert1(
+            {
+                **key,
+                "single_trial_correlation": scores["single_trial_correlation"],
+                "correlation_to_average": scores["correlation_to_average"],
+                "feve": None if not np.isfinite(scores["feve"]) else scores["feve"],
+                "n_units": len(scores["unit_ids"]),
+                "n_units_feve": scores["n_units_feve"],
+            }
+        )
+        self.Unit.insert(
+            {
+                **key,
+                "unit_id": int(u),
+                "single_trial_correlation": float(scores["unit_single_trial_correlation"][i]),
+                "correlation_to_average": float(scores["unit_correlation_to_average"][i]),
+                "feve": float(scores["unit_feve"][i]),
+                "fev": float(scores["unit_fev"][i]),
+            }
+            for i, u in enumerate(scores["unit_ids"])
+        )
+
+
+def _score(key, names, dataset_config, model_config, seed, weights, device=None) -> dict:
+    from pipeline import identity
+    from pipeline.sysid import fitting
+
+    model, dataloaders = fitting.rebuild(
+        identity.resolve("dataset", names[0]),
+        dataset_config,
+        identity.resolve("model", names[1]),
+        model_config,
+        seed,
+        weights,
+        device=device,
+    )
+    scores = fitting.evaluate(model, dataloaders, "test")
+    return scores[key["dataset_id"]] if "dataset_id" in key else next(iter(scores.values()))
+
+
+def reproduce(key: dict, device: str | None = None) -> dict:
+    """Rebuild the data and the model of one trained model from its key and recompute its scores.
+
+    Parameters
+    ----------
+    key
+        Restricts ``TrainedModel`` to exactly one row.
+    device
+        ``"cpu"``, ``"cuda"`` or None (CUDA when there is one).
+
+    Returns
+    -------
+    dict
+        ``key`` (the full primary key), ``scores`` (recomputed: the three means and per-unit
+        arrays), ``stored`` (the ``Score`` row, or None if not populated), ``max_difference``
+        (largest absolute difference between recomputed and stored means and per-unit values,
+        or None), ``provenance`` of the training run.
+    """
+    rows = (TrainedModel & key).keys()
+    if len(rows) != 1:
+        raise LookupError(f"reproduce: {key} matches {len(rows)} trained models (expected exactly one)")
+    (full,) = rows
+    dataset_fn, dataset_config, model_fn, model_config, seed = _builders(full)
+    names = ((DatasetConfig & full).fetch1("builder"), (ModelConfig & full).fetch1("builder"))
+    weights = (TrainedModel & full).fetch1("weights").read()
+    scores = _score(full, names, dataset_config, model_config, seed, weights, device=device)
+    stored, difference = None, None
+    if Score & full:
+        stored = (Score & full).fetch1()
+        units = {r["unit_id"]: r for r in (Score.Unit & full).to_dicts()}
+        diffs = [
+            abs(scores[name] - stored[name]) for name in ("single_trial_correlation", "correlation_to_average")
+        ]
+        if stored["feve"] is not None:
+            diffs.append(abs(scores["feve"] - stored["feve"]))
+        for i, unit in enumerate(scores["unit_ids"]):
+            row = units.get(int(unit))
+            if row is None:
+                diffs.append(float("inf"))
+                continue
+            for name in ("single_trial_correlation", "correlation_to_average", "feve"):
+                diffs.append(abs(float(scores[f"unit_{name}"][i]) - row[name]))
+        difference = float(max(diffs))
+    return {
+        "key": full,
+        "scores": scores,
+        "stored": stored,
+        "max_difference": difference,
+        "provenance": _json((TrainedModel & full).fetch1("provenance")),
+    }
+
+
+# --------------------------------------------------------------------------------------- #
+# stored files
+# --------------------------------------------------------------------------------------- #
+
+
+def _stored_refs(expression, attribute: str) -> list:
+    return [row[attribute] for row in expression.to_dicts()] if len(expression) else []
+
+
+def _remove_unreferenced(refs: list) -> None:
+    """Remove the stored objects of ``refs`` whose rows are gone (a declined delete keeps them)."""
+    by_store: dict[str | None, list] = {}
+    for ref in refs:
+        by_store.setdefault(ref.store, []).append(ref)
+    for store, group in by_store.items():
+        collector = dj.gc.GarbageCollector(schema, store=store)
+        referenced = collector.schema_references()
+        for ref in group:
+            if ref.path in referenced:
+                continue
+            if ref.is_dir:
+                ref._backend.remove_folder(ref.path)
+            else:
+                collector.delete_schema_path(ref.path)
+
+
+def collect_garbage(dry_run: bool = False) -> dict[str, dict]:
+    """Remove stored files of this schema that no row references (after cascading deletes).
+
+    Returns the ``dj.gc`` report of each store (``raw``, ``models``).
+    """
+    return {store: dj.gc.GarbageCollector(schema, store=store).collect(dry_run=dry_run) for store in ("raw", "models")}
+
+
+# --------------------------------------------------------------------------------------- #
+# command line
+# --------------------------------------------------------------------------------------- #
+
+
+def _reproduce_command(args) -> int:
+    import schemas
+    from schemas.cli import parse_restrictions
+
+    schemas.activate(args.prefix)
+    restriction = parse_restrictions(args.key)
+    keys = (TrainedModel & restriction).keys()
+    if not keys:
+        print(f"pipeline reproduce: no trained model matches {restriction}")
+        return 1
+    failed = 0
+    for key in keys:
+        result = reproduce(key, device=args.device)
+        scores, stored = result["scores"], result["stored"]
+        label = " ".join(f"{k}={v}" for k, v in key.items())
+        print(label)
+        print(f"  {'score':<26}{'recomputed':>12}{'stored':>12}")
+        for name in ("single_trial_correlation", "correlation_to_average", "feve"):
+            old = "" if stored is None or stored[name] is None else f"{stored[name]:.6f}"
+            print(f"  {name:<26}{scores[name]:>12.6f}{old:>12}")
+        if result["max_difference"] is None:
+            print("  no stored Score to compare with")
+        elif result["max_difference"] > args.tolerance:
+            print(f"  DIFFERS: max difference {result['max_difference']:.3g} > {args.tolerance:g}")
+            failed += 1
+        else:
+            print(f"  reproduced: max difference {result['max_difference']:.3g} <= {args.tolerance:g}")
+    return 1 if failed else 0
+
+
+def add_commands(subparsers) -> None:
+    """``pipeline reproduce KEY...``."""
+    parser = subparsers.add_parser(
+        "reproduce",
+        help="rebuild trained models from their keys and recompute their scores",
+        description=(
+            "Rebuild the dataset and model of every TrainedModel matching KEY (attr=value pairs, e.g. "
+            "dataset_id=sim seed=0), load its stored weights, recompute the test scores and compare them "
+            "with the stored Score. Exit code 1 if any differs by more than --tolerance."
+        ),
+    )
+    parser.add_argument("key", nargs="+", metavar="KEY", help="attr=value restriction(s) of TrainedModel")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--tolerance", type=float, default=REPRODUCE_TOLERANCE, help="allowed score difference")
+    parser.set_defaults(func=_reproduce_command)

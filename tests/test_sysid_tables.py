@@ -150,3 +150,12 @@ def test_deleting_a_trained_model_removes_its_weights(db, trained):
     (sysid.TrainedModel & trained).delete(prompt=False)
     assert not sysid.TrainedModel & trained and not sysid.Score & trained
     assert not path.exists()
+
+
+def test_deleting_a_dataset_removes_its_folder(db, folder):
+    sysid.import_filetree(folder, "delete_me")
+    stored = Path((sysid.Dataset & {"dataset_id": "delete_me"}).fetch1("filetree").full_path)
+    assert (stored / "meta" / "trials" / "tiers.npy").is_file()
+    (sysid.Dataset & {"dataset_id": "delete_me"}).delete(prompt=False)
+    assert not sysid.Dataset & {"dataset_id": "delete_me"}
+    assert not stored.exists()

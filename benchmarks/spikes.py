@@ -1,0 +1,201 @@
+"""Spike inference benchmark: spikefinder correlation under leave-one-dataset-out cross-validation.
+
+Reads the ground truth in ../shared/data (spikefinder CSVs with calcium, CASCADE .mat files),
+then for every held-out group of datasets trains the supervised network on all the others and
+scores, per cell, the supervised network, AR(1) and AR(2) deconvolution, and oasis-deconv's
+AR(1) (run in its own virtualenv, ``--oasis-python``) on the same traces, with run times.
+Recordings not at 100 Hz are scored after resampling prediction and truth to 10 ms bins.
+
+    python benchmarks/spikes.py --json spikes.json
+    python benchmarks/spikes.py --eval-dir DIR     # train on everything, score DIR's cells
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.spikes import infer_spikes, read_cascade, read_spikefinder, spikefinder_correlation, train_spike_model  # noqa: E402
+from pipeline.spikes.resampling import to_100hz  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+DEFAULT_OASIS = ROOT.parent / "peers" / "oasis" / "bin" / "python"
+# datasets that record the same cells are held out together
+SAME_CELLS = {"spikefinder-6": "GCaMP5k", "DS17-GCaMP5k-m-V1": "GCaMP5k"}
+
+
+def load_ground_truth(data: Path) -> list:
+    """Every recording with calcium and spikes under ``data``."""
+    recordings = []
+    for calcium in sorted((data / "spikefinder" / "train").glob("*.train.calcium.csv")):
+        n = calcium.name.split(".")[0]
+        recordings += read_spikefinder(calcium, calcium.with_name(f"{n}.train.spikes.csv"), dataset=f"spikefinder-{n}")
+    for folder in sorted((data / "cascade").glob("DS*")):
+        for mat in sorted(folder.glob("*.mat")):
+            recordings += read_cascade(mat, dataset=folder.name)
+    return recordings
+
+
+def score(prediction: np.ndarray, recording) -> float:
+    return float(spikefinder_correlation(to_100hz(prediction, recording.fps), to_100hz(recording.spikes, recording.fps)))
+
+
+def run_oasis(recordings, python: Path) -> tuple[list, list]:
+    """oasis-deconv AR(1) spikes and seconds per recording (NaN samples left out, as ours)."""
+    with tempfile.TemporaryDirectory() as folder:
+        inputs = {f"trace_{i}": r.calcium[~np.isnan(r.calcium)].astype(np.float64) for i, r in enumerate(recordings)}
+        np.savez(Path(folder) / "in.npz", **inputs)
+        subprocess.run([str(python), str(ROOT / "benchmarks" / "spikes_oasis_peer.py"), f"{folder}/in.npz",
+                        f"{folder}/out.npz"], check=True)
+        out = np.load(Path(folder) / "out.npz")
+        spikes, seconds = [], []
+        for i, r in enumerate(recordings):
+            full = np.full(r.calcium.shape, np.nan)
+            full[~np.isnan(r.calcium)] = out[f"spikes_{i}"]
+            spikes.append(full)
+            seconds.append(float(out[f"seconds_{i}"]))
+    return spikes, seconds
+
+
+def timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def our_methods(recording, model) -> dict:
+    """{method: (spikes, seconds)} for one recording."""
+    out = {
+        "deconvolution-ar1": timed(lambda: infer_spikes(recording.calcium[None], recording.fps, order=1)[0]),
+        "deconvolution-ar2": timed(lambda: infer_spikes(recording.calcium[None], recording.fps, order=2)[0]),
+    }
+    if model is not None:
+        out["supervised"] = timed(lambda: infer_spikes(recording.calcium[None], recording.fps, "supervised", model)[0])
+    return out
+
+
+def cross_validate(recordings, params: dict, oasis_python: Path | None) -> dict:
+    groups = sorted({SAME_CELLS.get(r.dataset, r.dataset) for r in recordings})
+    cells, training = [], {}
+    infer_spikes(recordings[0].calcium[None][:, :500], recordings[0].fps)  # compile once, outside the timings
+    oasis = run_oasis(recordings, oasis_python) if oasis_python else None
+    for group in groups:
+        held = [i for i, r in enumerate(recordings) if SAME_CELLS.get(r.dataset, r.dataset) == group]
+        train = [r for i, r in enumerate(recordings) if i not in held]
+        model, seconds = timed(lambda: train_spike_model(train, **params))
+        training[group] = {"seconds": seconds, "training_correlation": model.score}
+        print(f"fold {group}: trained on {len(train)} recordings in {seconds:.0f} s", file=sys.stderr, flush=True)
+        for i in held:
+            r = recordings[i]
+            row = {"dataset": r.dataset, "cell": r.name, "fps": r.fps, "seconds_of_data": r.calcium.size / r.fps}
+            for method, (spikes, seconds) in our_methods(r, model).items():
+                row[method] = score(spikes, r)
+                row[f"{method}_seconds"] = seconds
+            if oasis:
+                row["oasis-ar1"] = score(oasis[0][i], r)
+                row["oasis-ar1_seconds"] = oasis[1][i]
+            cells.append(row)
+    return {"cells": cells, "training": training}
+
+
+def summarize(cells: list) -> dict:
+    methods = [k for k in cells[0] if k.endswith("_seconds") and k != "seconds_of_data"]
+    methods = [m[: -len("_seconds")] for m in methods]
+    datasets = sorted({c["dataset"] for c in cells})
+    table = {}
+    for d in datasets:
+        rows = [c for c in cells if c["dataset"] == d]
+        table[d] = {m: float(np.nanmean([c[m] for c in rows])) for m in methods}
+        table[d].update({f"{m}_seconds": float(sum(c[f"{m}_seconds"] for c in rows)) for m in methods})
+        table[d]["cells"] = len(rows)
+    summary = {
+        m: {
+            "mean_over_cells": float(np.nanmean([c[m] for c in cells])),
+            "mean_over_datasets": float(np.mean([table[d][m] for d in datasets])),
+            "seconds": float(sum(c[f"{m}_seconds"] for c in cells)),
+        }
+        for m in methods
+    }
+    return {"datasets": table, "methods": summary}
+
+
+def print_table(result: dict) -> None:
+    summary = result["summary"]
+    methods = list(summary["methods"])
+    print(f"{'dataset':24s} {'cells':>5s} " + " ".join(f"{m:>18s}" for m in methods))
+    for d, row in summary["datasets"].items():
+        print(f"{d:24s} {row['cells']:5d} " + " ".join(f"{row[m]:18.3f}" for m in methods))
+    for label in ("mean_over_cells", "mean_over_datasets", "seconds"):
+        print(f"{label:30s} " + " ".join(f"{summary['methods'][m][label]:18.3f}" for m in methods))
+    if "oasis-ar1" in methods:
+        ours = summary["methods"]["deconvolution-ar1"]
+        theirs = summary["methods"]["oasis-ar1"]
+        print(f"deconvolution-ar1 / oasis-ar1: correlation ratio {ours['mean_over_cells'] / theirs['mean_over_cells']:.3f}, "
+              f"time ratio {ours['seconds'] / theirs['seconds']:.3f}")
+
+
+def read_eval_dir(folder: Path) -> list:
+    recordings = []
+    for calcium in sorted(folder.glob("*.test.calcium.csv")):
+        n = calcium.name.split(".")[0]
+        recordings += read_spikefinder(calcium, calcium.with_name(f"{n}.test.spikes.csv"), dataset=f"test-{n}")
+    if not recordings:
+        raise SystemExit(f"{folder} has no N.test.calcium.csv files")
+    return recordings
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--eval-dir", type=Path, help="folder of N.test.calcium.csv / N.test.spikes.csv")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--oasis-python", type=Path, default=DEFAULT_OASIS, help="python of the oasis-deconv venv")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps of the supervised network")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    params = {"steps": args.steps, "seed": args.seed}
+    recordings = load_ground_truth(args.data)
+    oasis_python = args.oasis_python if args.oasis_python and args.oasis_python.exists() else None
+    if oasis_python is None:
+        print(f"oasis-deconv not found at {args.oasis_python}: compared without it", file=sys.stderr)
+    if args.eval_dir:
+        model, seconds = timed(lambda: train_spike_model(recordings, **params))
+        test = read_eval_dir(args.eval_dir)
+        infer_spikes(test[0].calcium[None][:, :500], test[0].fps)
+        oasis = run_oasis(test, oasis_python) if oasis_python else None
+        cells = []
+        for i, r in enumerate(test):
+            row = {"dataset": r.dataset, "cell": r.name, "fps": r.fps, "seconds_of_data": r.calcium.size / r.fps}
+            for method, (spikes, secs) in our_methods(r, model).items():
+                row[method], row[f"{method}_seconds"] = score(spikes, r), secs
+            if oasis:
+                row["oasis-ar1"], row["oasis-ar1_seconds"] = score(oasis[0][i], r), oasis[1][i]
+            cells.append(row)
+        result = {"eval_dir": str(args.eval_dir), "params": params, "training_seconds": seconds,
+                  "training_correlation": model.score, "cells": cells, "summary": summarize(cells)}
+        result["mean_correlation"] = result["summary"]["methods"]["supervised"]["mean_over_cells"]
+    else:
+        result = {"params": params, **cross_validate(recordings, params, oasis_python)}
+        result["summary"] = summarize(result["cells"])
+        result["mean_correlation"] = result["summary"]["methods"]["supervised"]["mean_over_cells"]
+    print_table(result)
+    text = json.dumps(result, indent=1, default=float)
+    if args.json:
+        args.json.write_text(text)
+    print(json.dumps({"mean_correlation": round(result["mean_correlation"], 4)}))
+    print(f"mean_correlation={result['mean_correlation']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

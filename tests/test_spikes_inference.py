@@ -1,0 +1,201 @@
+"""Spike inference as plain functions: the metric, deconvolution, the supervised network, readers."""
+
+import numpy as np
+import pytest
+import scipy.io
+import scipy.signal
+import torch
+
+from pipeline import identity
+from pipeline.spikes import (
+    deconvolve, estimate_ar, estimate_noise, infer_spikes, read_cascade, read_spikefinder, spikefinder_correlation,
+    train_spike_model,
+)
+from pipeline.spikes.resampling import rebin, to_100hz
+from tests.spikes_helpers import simulate_cell, simulate_recordings
+
+torch.set_num_threads(1)
+SMALL = {"channels": 8, "kernel": 5, "dilations": (1, 2, 4), "window": 64, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return train_spike_model(simulate_recordings(4), steps=150, learning_rate=0.01, seed=0, **SMALL)
+
+
+def test_spikefinder_correlation_sums_bins_of_four_before_correlating():
+    truth = np.zeros(16)
+    truth[[0, 5, 6, 13]] = 1  # per 40 ms bin: 1, 2, 0, 1
+    prediction = np.zeros(16)
+    prediction[[3, 4, 7, 12]] = 1  # moved within its bin: the same binned series
+    assert spikefinder_correlation(prediction, truth) == pytest.approx(1.0)
+
+
+def test_spikefinder_correlation_matches_pearson_of_binned_series():
+    prediction = np.array([0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 0, 3], float)
+    truth = np.array([1, 0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0], float)
+    # bins: prediction 1, 3, 3; truth 1, 2, 1
+    assert spikefinder_correlation(prediction, truth) == pytest.approx(np.corrcoef([1, 3, 3], [1, 2, 1])[0, 1])
+
+
+def test_spikefinder_correlation_drops_samples_where_either_is_nan():
+    truth = np.array([1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1, np.nan, np.nan], float)
+    prediction = np.array([1, 0, np.nan, 0, 0, 0, 2, 0, 0, 0, 0, 1, 5, 5], float)
+    # kept samples: truth [1,0,0,0 | 0,2,0,0 | 0,0,1] -> 1, 2; prediction [1,0,0,0 | 0,2,0,0 | ...] -> 1, 2
+    truth_kept = np.array([1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1], float)
+    assert spikefinder_correlation(prediction, truth) == pytest.approx(
+        spikefinder_correlation(np.array([1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1], float), truth_kept))
+    assert spikefinder_correlation(prediction, truth) == pytest.approx(1.0)
+
+
+def test_spikefinder_correlation_of_a_constant_prediction_is_nan():
+    assert np.isnan(spikefinder_correlation(np.ones(40), np.arange(40.0)))
+
+
+def test_noise_is_estimated_from_the_power_spectrum():
+    rng = np.random.default_rng(1)
+    assert estimate_noise(0.3 * rng.standard_normal(20000)) == pytest.approx(0.3, rel=0.03)
+
+
+def test_ar1_coefficient_is_recovered_from_a_noisy_trace():
+    calcium, _ = simulate_cell(0, frames=20000, fps=30.0, tau=0.6, noise=0.2)
+    (g,) = estimate_ar(calcium, 1, estimate_noise(calcium))
+    assert g == pytest.approx(np.exp(-1 / (0.6 * 30)), abs=0.02)
+
+
+def test_ar1_deconvolution_recovers_spikes_of_a_simulated_cell():
+    calcium, counts = simulate_cell(2, frames=6000, fps=100.0, tau=0.6, noise=0.15)
+    spikes = infer_spikes(calcium, 100.0)[0]
+    assert spikes.min() >= 0
+    assert spikefinder_correlation(spikes, counts) > 0.8
+
+
+def test_ar2_deconvolution_recovers_spikes_of_a_simulated_cell():
+    calcium, counts = simulate_cell(2, frames=6000, fps=100.0, tau=0.6, noise=0.15)
+    spikes = infer_spikes(calcium, 100.0, order=2)[0]
+    assert spikefinder_correlation(spikes, counts) > 0.75
+
+
+def test_deconvolution_residual_matches_the_noise():
+    calcium, _ = simulate_cell(3, frames=6000, fps=30.0, noise=0.2)
+    spikes, fit = deconvolve(calcium, 30.0)
+    fitted = fit["baseline"] + scipy.signal.lfilter([1.0], np.concatenate([[1.0], -fit["g"]]), spikes)
+    assert fit["noise"] == pytest.approx(0.2, rel=0.15)
+    assert np.std(calcium - fitted) == pytest.approx(fit["noise"], rel=0.05)
+
+
+def test_nan_gaps_are_missing_in_the_output_and_do_not_spread():
+    calcium, counts = simulate_cell(4, frames=3000, fps=30.0)
+    calcium[1000:1050] = np.nan
+    calcium[2900:] = np.nan  # a shorter cell, as in the spikefinder files
+    spikes = infer_spikes(calcium, 30.0)[0]
+    assert np.flatnonzero(np.isnan(spikes)).tolist() == list(range(1000, 1050)) + list(range(2900, 3000))
+    assert spikefinder_correlation(spikes, counts) > 0.6
+
+
+def test_all_nan_trace_gives_all_nan_spikes():
+    traces = np.vstack([np.full(300, np.nan), simulate_cell(5, frames=300)[0]])
+    spikes = infer_spikes(traces, 30.0)
+    assert np.isnan(spikes[0]).all() and np.isfinite(spikes[1]).all()
+
+
+def test_constant_trace_has_no_spikes():
+    assert np.array_equal(infer_spikes(np.full((2, 500), 3.0), 30.0), np.zeros((2, 500), np.float32))
+
+
+def test_constant_trace_has_no_spikes_in_the_supervised_model(small_model):
+    assert np.array_equal(infer_spikes(np.full((1, 500), 3.0), 30.0, "supervised", small_model), np.zeros((1, 500)))
+
+
+@pytest.mark.parametrize("fps", [0, -30.0, float("nan"), "fast"])
+def test_fps_that_is_not_positive_is_an_error(fps):
+    with pytest.raises(ValueError, match=f"fps must be a positive number of frames per second, got {fps!r}"):
+        infer_spikes(np.zeros((1, 100)), fps)
+
+
+def test_trace_shorter_than_the_model_window_is_an_error(small_model):
+    with pytest.raises(ValueError, match=r"trace has 20 samples at 30 Hz \(0.67 s\); the supervised model needs "
+                                         r"at least 1.16 s \(29 bins at 25 Hz\)"):
+        infer_spikes(np.random.default_rng(0).standard_normal((1, 20)), 30.0, "supervised", small_model)
+
+
+def test_supervised_method_without_a_model_is_an_error():
+    with pytest.raises(ValueError, match="method 'supervised' needs a trained model"):
+        infer_spikes(np.zeros((1, 100)), 30.0, "supervised")
+
+
+def test_unknown_method_parameter_is_a_config_error():
+    with pytest.raises(identity.ConfigError, match=r"does not take config key\(s\) \['lambda'\]"):
+        infer_spikes(np.zeros((1, 100)), 30.0, order=1, **{"lambda": 2.0})
+
+
+def test_ar_order_other_than_1_or_2_is_an_error():
+    with pytest.raises(ValueError, match="order must be 1 or 2 \\(AR\\(1\\) or AR\\(2\\)\\), got 3"):
+        infer_spikes(np.zeros((1, 100)), 30.0, order=3)
+
+
+def test_rebin_keeps_spike_counts_when_changing_rate():
+    counts = np.random.default_rng(0).poisson(0.3, 3000).astype(float)
+    assert rebin(counts, 30.0, 25.0, 2500, "sum").sum() == pytest.approx(counts.sum())
+    assert to_100hz(counts, 30.0).sum() == pytest.approx(counts.sum())
+
+
+def test_training_is_deterministic_for_a_seed():
+    recordings = simulate_recordings(2, frames=1000)
+    first = train_spike_model(recordings, steps=5, seed=3, **SMALL).state_dict()
+    second = train_spike_model(recordings, steps=5, seed=3, **SMALL).state_dict()
+    other = train_spike_model(recordings, steps=5, seed=4, **SMALL).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_supervised_model_infers_spikes_of_unseen_cells(small_model):
+    calcium, counts = simulate_cell(100, frames=3000, fps=30.0)
+    spikes = infer_spikes(calcium, 30.0, "supervised", small_model)[0]
+    assert spikefinder_correlation(to_100hz(spikes, 30.0), to_100hz(counts, 30.0)) > 0.6
+    assert spikes.sum() == pytest.approx(counts.sum(), rel=0.3)  # in spikes, not arbitrary units
+
+
+def test_model_survives_serialization(small_model):
+    from pipeline.spikes import SpikeModel
+
+    again = SpikeModel.from_bytes(small_model.to_bytes(), small_model.config)
+    calcium, _ = simulate_cell(7, frames=600)
+    assert np.array_equal(infer_spikes(calcium, 30.0, "supervised", again),
+                          infer_spikes(calcium, 30.0, "supervised", small_model))
+
+
+def test_training_takes_spike_times_instead_of_counts():
+    calcium, counts = simulate_cell(0, frames=1000)
+    times = np.repeat(np.arange(1000) / 30.0, counts.astype(int))
+    with_times = train_spike_model([{"calcium": calcium, "spike_times": times, "fps": 30.0}], steps=3, **SMALL)
+    with_counts = train_spike_model([{"calcium": calcium, "spikes": counts, "fps": 30.0}], steps=3, **SMALL)
+    assert all(torch.equal(with_times.state_dict()[k], with_counts.state_dict()[k]) for k in with_counts.state_dict())
+
+
+def test_spikefinder_reader_trims_each_cell_to_its_length(tmp_path):
+    (tmp_path / "1.train.calcium.csv").write_text("0,1\n0.5,1.5\n0.25,2.5\n,3.5\n")
+    (tmp_path / "1.train.spikes.csv").write_text("0,1\n0,1\n1,0\n,0\n")
+    first, second = read_spikefinder(tmp_path / "1.train.calcium.csv", tmp_path / "1.train.spikes.csv")
+    assert first.calcium.tolist() == [0.5, 0.25] and first.spikes.tolist() == [0, 1]
+    assert second.calcium.tolist() == [1.5, 2.5, 3.5] and second.fps == 100.0
+    assert (first.dataset, second.name) == ("1.train", "1.train.1")
+
+
+def test_cascade_reader_bins_action_potentials_at_frame_times(tmp_path):
+    struct = {"fluo_time": np.arange(10) / 10.0, "fluo_mean": np.arange(10.0),
+              "events_AP": np.array([0.0, 1000.0, 1040.0, 4960.0])}  # 1e-4 s: 0, 0.1, 0.104, 0.496 s
+    scipy.io.savemat(tmp_path / "cell.mat", {"CAttached": struct})
+    (recording,) = read_cascade(tmp_path / "cell.mat", dataset="DSx")
+    assert recording.fps == pytest.approx(10.0)
+    assert recording.spikes.tolist() == [1, 2, 0, 0, 0, 1, 0, 0, 0, 0]
+    assert (recording.dataset, recording.name) == ("DSx", "cell")
+
+
+def test_cascade_reader_reads_real_ground_truth(shared_data):
+    folder = shared_data / "cascade" / "DS17-GCaMP5k-m-V1"
+    recordings = read_cascade(folder / "CAttached_Akerboom_GC5k_cell7_full_mini.mat")
+    raw = scipy.io.loadmat(folder / "CAttached_Akerboom_GC5k_cell7_full_mini.mat", squeeze_me=True,
+                           struct_as_record=False)["CAttached"]
+    assert recordings[0].fps == pytest.approx(50.0, rel=1e-3)
+    assert recordings[0].spikes.sum() == np.size(raw.events_AP)

@@ -1,5 +1,181 @@
-"""Spike inference: SpikeMethod, GroundTruth, SpikeModel, Activity."""
+"""Spike inference tables: SpikeMethod, GroundTruth, TrainingSet, SpikeModel, Activity."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
 
 import datajoint as dj
+import numpy as np
+
+from pipeline import spikes
+from schemas import params
 
 schema = dj.Schema()
+
+
+@schema
+class SpikeMethod(dj.Lookup):
+    definition = params.config_definition("spike_method", "a spike inference method and its parameters")
+    builder_kind = "spikes"
+
+    @classmethod
+    def insert_method(cls, builder: str, config: dict | None = None, note: str = "") -> dict:
+        """Add a method (validated against its builder in ``pipeline.spikes``); return its key."""
+        return params.insert_config(cls, builder, config, note)
+
+
+@schema
+class GroundTruth(dj.Manual):
+    definition = """
+    # one cell recorded with calcium imaging and electrophysiology at once
+    truth_dataset        : varchar(64)    # e.g. spikefinder-4, DS09-GCaMP6f-m-V1
+    recording            : varchar(128)   # the cell / recording within the dataset
+    ---
+    fps                  : float64        # frame rate (Hz)
+    calcium              : <blob>         # (frames,) float32 fluorescence; NaN = no sample
+    spikes               : <blob>         # (frames,) float32 true spike counts per frame
+    indicator = ""       : varchar(32)
+    source = ""          : varchar(255)   # name of the file it was imported from
+    """
+
+    @classmethod
+    def insert_recordings(cls, recordings: list, indicator: str = "", source: str = "") -> int:
+        """Insert ``pipeline.spikes.Recording`` objects (their dataset and name are the key)."""
+        rows = [
+            {
+                "truth_dataset": r.dataset, "recording": r.name, "fps": float(r.fps),
+                "calcium": r.calcium.astype(np.float32), "spikes": r.spikes.astype(np.float32),
+                "indicator": indicator, "source": source or r.name,
+            }
+            for r in recordings
+        ]
+        cls.insert(rows)
+        return len(rows)
+
+    @classmethod
+    def import_spikefinder(cls, calcium_csv: str | Path, spikes_csv: str | Path, dataset: str, indicator: str = "") -> int:
+        """Import one spikefinder dataset (``N.*.calcium.csv`` and ``N.*.spikes.csv``, 100 Hz)."""
+        recordings = spikes.read_spikefinder(calcium_csv, spikes_csv, dataset=dataset)
+        return cls.insert_recordings(recordings, indicator, Path(calcium_csv).name)
+
+    @classmethod
+    def import_cascade(cls, path: str | Path, dataset: str | None = None, indicator: str = "") -> int:
+        """Import CASCADE ground truth: one ``.mat`` file or every ``.mat`` in a folder.
+
+        ``dataset`` defaults to the folder's name (``DS09-GCaMP6f-m-V1``).
+        """
+        path = Path(path)
+        files = sorted(path.glob("*.mat")) if path.is_dir() else [path]
+        if not files:
+            raise FileNotFoundError(f"{path}: no CASCADE .mat files (expected *.mat)")
+        dataset = dataset or (path.name if path.is_dir() else path.parent.name)
+        count = 0
+        for mat in files:
+            count += cls.insert_recordings(spikes.read_cascade(mat, dataset=dataset), indicator, mat.name)
+        return count
+
+    def recordings(self) -> list:
+        """The rows here as ``pipeline.spikes.Recording`` objects, in key order."""
+        rows = self.to_dicts(order_by=("truth_dataset", "recording"))
+        return [
+            spikes.Recording(r["calcium"], r["spikes"], r["fps"], dataset=r["truth_dataset"], name=r["recording"])
+            for r in rows
+        ]
+
+
+@schema
+class TrainingSet(dj.Manual):
+    definition = """
+    # a named set of ground-truth recordings that a supervised model is trained on
+    training_set         : varchar(64)
+    ---
+    note = ""            : varchar(255)
+    """
+
+    class Member(dj.Part):
+        definition = """
+        -> master
+        -> GroundTruth
+        """
+
+    @classmethod
+    def create(cls, name: str, restriction=None, note: str = "") -> dict:
+        """A training set of the GroundTruth rows matching ``restriction`` (default: all)."""
+        members = (GroundTruth & restriction).keys() if restriction is not None else GroundTruth().keys()
+        if not members:
+            raise ValueError(f"training set {name!r}: no GroundTruth rows match {restriction!r}")
+        key = {"training_set": name}
+        with cls.connection.transaction:
+            cls.insert1({**key, "note": note})
+            cls.Member.insert([{**key, **m} for m in members])
+        return key
+
+
+def _method_config(row: dict) -> dict:
+    config = row["config"]
+    if isinstance(config, str):
+        import json
+
+        config = json.loads(config)
+    return config
+
+
+@schema
+class SpikeModel(dj.Computed):
+    definition = """
+    # a supervised spike-inference network trained on a training set
+    -> TrainingSet
+    -> SpikeMethod
+    ---
+    weights              : <npy@models>   # torch.save of the CPU state dict, as uint8 bytes
+    network              : json           # the network and preprocessing config
+    training_correlation : float64        # mean spikefinder correlation over the training recordings
+    n_recordings         : int32
+    wall_seconds         : float64
+    versions             : json           # python, numpy, torch, host
+    """
+
+    @property
+    def key_source(self):
+        # a supervised method names its training set; other methods train nothing
+        keys = [
+            {"spike_method_hash": row["spike_method_hash"], "training_set": _method_config(row)["training_set"]}
+            for row in (SpikeMethod & {"builder": "supervised"}).to_dicts()
+        ]
+        return (TrainingSet.proj() * SpikeMethod.proj()) & keys
+
+    def make_fetch(self, key):
+        row = (SpikeMethod & key).fetch1()
+        members = GroundTruth & (TrainingSet.Member & key)
+        rows = members.to_dicts(order_by=("truth_dataset", "recording"))
+        return _method_config(row), rows
+
+    def make_compute(self, key, config, rows):
+        if not rows:
+            raise ValueError(f"training set {key['training_set']!r} has no ground-truth recordings")
+        recordings = [
+            spikes.Recording(r["calcium"], r["spikes"], r["fps"], dataset=r["truth_dataset"], name=r["recording"])
+            for r in rows
+        ]
+        training = {k: v for k, v in config.items() if k != "training_set"}
+        start = time.time()
+        model = spikes.train_spike_model(recordings, **training)
+        weights = np.frombuffer(model.to_bytes(), dtype=np.uint8).copy()
+        return weights, model.config, model.score, len(rows), time.time() - start
+
+    def make_insert(self, key, weights, network, score, n_recordings, wall_seconds):
+        import torch
+
+        versions = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+                    "host": platform.node()}
+        self.insert1({**key, "weights": weights, "network": network, "training_correlation": float(score),
+                      "n_recordings": int(n_recordings), "wall_seconds": float(wall_seconds), "versions": versions})
+
+    @staticmethod
+    def load_model(key: dict) -> spikes.SpikeModel:
+        """The trained network at ``key`` (CPU)."""
+        row = (SpikeModel & key).fetch1()
+        network = _method_config({"config": row["network"]})
+        return spikes.SpikeModel.from_bytes(np.asarray(row["weights"]).tobytes(), network, row["training_correlation"])

@@ -425,7 +425,7 @@ class WorkerProcess:
         log.warning("worker %s: %s received, stopping", self.worker_id, signal.Signals(signum).name)
         if self.in_job:
             # leave time, within the grace period, to put the job back and to exit
-            margin = min(2.0, 0.25 * self.options.grace)
+            margin = min(5.0, 0.4 * self.options.grace)
             signal.setitimer(signal.ITIMER_REAL, max(0.01, self.options.grace - margin))
 
     def _on_grace_over(self, signum, frame) -> None:

@@ -1,7 +1,7 @@
 """Test-only tables for the worker tests and benchmark: items whose make() sleeps, spins or fails.
 
 Loaded by workers with ``pipeline worker --module tests.work_tables`` (the way a lab adds its
-own analysis tables). Each ``make()`` appends ``<item_id> start|done`` to a per-process log
+own analysis tables). Each ``make()`` appends ``<item_id> start|done <unix time>`` to a per-process log
 file in ``$WORK_LOG_DIR`` (when set), so tests can count how often each key was computed.
 """
 
@@ -37,7 +37,7 @@ def _log(key: dict, event: str) -> None:
     folder = os.environ.get("WORK_LOG_DIR")
     if folder:
         with open(os.path.join(folder, f"{os.getpid()}.log"), "a") as f:
-            f.write(f"{key['item_id']} {event}\n")
+            f.write(f"{key['item_id']} {event} {time.time():.6f}\n")
 
 
 @schema

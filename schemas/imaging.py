@@ -1,5 +1,479 @@
 """Two-photon scans to cell traces: Scan, ScanInfo, MotionCorrection, Denoised, Segmentation, Traces."""
 
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
 import datajoint as dj
+import numpy as np
+
+from schemas import params
 
 schema = dj.Schema()
+
+
+def describe(key: dict) -> str:
+    """``Scan 3/1/2`` (animal/session/scan) for error messages."""
+    return f"Scan {key['animal_id']}/{key['session']}/{key['scan_idx']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# raw data (entered by the lab)
+# ---------------------------------------------------------------------------------------------
+
+
+@schema
+class Scan(dj.Manual):
+    definition = """
+    # a raw two-photon scan: one movie file in the raw store, referenced, never copied
+    animal_id         : int32
+    session           : int16
+    scan_idx          : int16
+    ---
+    filename          : <filepath@raw>   # path of the movie file relative to the raw store
+    acquisition = ""  : varchar(255)     # rig, indicator, depth, ...
+    channel = 0       : int16            # channel to process (0-based)
+    field = 0         : int16            # field / plane to process (0-based)
+    frame_rate = null : float64          # Hz; used when the file's header has no frame rate
+    axes = ""         : varchar(8)       # axes of an HDF5 dataset without labels, e.g. "yxt"
+    note = ""         : varchar(1023)
+    """
+
+
+@schema
+class StimulusImage(dj.Manual):
+    definition = """
+    # a stimulus image shown in trials
+    image_id : int32
+    ---
+    image    : <blob>    # (height, width) uint8 or float32 grey levels
+    """
+
+
+@schema
+class Trial(dj.Manual):
+    definition = """
+    # a stimulus presentation during a scan
+    -> Scan
+    trial_idx       : int32
+    ---
+    -> StimulusImage
+    onset_frame     : int32   # first frame of the presentation (0-based)
+    duration_frames : int32   # frames the image was shown
+    """
+
+
+@schema
+class Behavior(dj.Manual):
+    definition = """
+    # behaviour recorded with a scan, one sample per frame
+    -> Scan
+    ---
+    running      : <blob>   # (frames,) float32 running speed, cm/s
+    pupil_radius : <blob>   # (frames,) float32 pixels of the eye camera
+    pupil_x      : <blob>   # (frames,) float32
+    pupil_y      : <blob>   # (frames,) float32
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter sets
+# ---------------------------------------------------------------------------------------------
+
+
+@schema
+class MotionParams(dj.Lookup):
+    definition = params.config_definition("motion", "motion-correction parameters")
+    builder_kind = "imaging"
+
+
+@schema
+class PMDParams(dj.Lookup):
+    definition = params.config_definition("pmd", "PMD denoising parameters")
+    builder_kind = "imaging"
+
+
+@schema
+class SegmentationParams(dj.Lookup):
+    definition = params.config_definition("segmentation", "soma segmentation parameters")
+    builder_kind = "imaging"
+
+
+@schema
+class TraceParams(dj.Lookup):
+    definition = params.config_definition("trace", "trace extraction parameters")
+    builder_kind = "imaging"
+
+
+def insert_default_params() -> dict:
+    """Insert every step's default parameter set; return ``{step: key}``."""
+    from pipeline.imaging import DEFAULT_BUILDERS
+
+    tables = {"motion": MotionParams, "pmd": PMDParams, "segmentation": SegmentationParams, "traces": TraceParams}
+    return {step: params.insert_config(tables[step], DEFAULT_BUILDERS[step], {}, note="default") for step in tables}
+
+
+def raw_store_location() -> Path:
+    """The local folder of the ``raw`` store (where scans' files are placed before ``Scan`` rows)."""
+    spec = dj.config.get_store_spec("raw")
+    if spec.get("protocol", "file") != "file":
+        raise RuntimeError(f"the raw store is {spec.get('protocol')!r}, not a local folder (expected protocol 'file')")
+    return Path(spec["location"])
+
+
+def insert_simulated_scan(experiment, key: dict, *, image_id_offset: int = 0, note: str = "simulated") -> dict:
+    """Register a simulated experiment (``pipeline.simulation.experiment``) as a scan.
+
+    Writes its movie as a ScanImage-like TIFF into the raw store (``simulated/<key>.tif``)
+    and inserts ``Scan``, the stimulus images (``image_id = image_id_offset + i``), the
+    ``Trial`` rows and ``Behavior``. Idempotent: an existing scan is left as it is.
+
+    Returns
+    -------
+    dict
+        The scan key.
+    """
+    key = {"animal_id": int(key["animal_id"]), "session": int(key["session"]), "scan_idx": int(key["scan_idx"])}
+    if Scan & key:
+        return key
+    relative = f"simulated/{key['animal_id']}_{key['session']}_{key['scan_idx']}.tif"
+    path = raw_store_location() / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    experiment.write_tiff(path)
+    StimulusImage.insert(
+        [{"image_id": image_id_offset + i, "image": img.astype(np.float32)} for i, img in enumerate(experiment.images)],
+        skip_duplicates=True,
+    )
+    with Scan.connection.transaction:
+        Scan.insert1({**key, "filename": relative, "acquisition": "simulated experiment", "note": note})
+        trials = experiment.trials
+        Trial.insert(
+            [
+                {
+                    **key,
+                    "trial_idx": k,
+                    "image_id": image_id_offset + int(trials["image_id"][k]),
+                    "onset_frame": int(trials["onset_frame"][k]),
+                    "duration_frames": int(trials["duration_frames"][k]),
+                }
+                for k in range(len(trials["image_id"]))
+            ]
+        )
+        Behavior.insert1({**key, **{k: np.asarray(v, dtype=np.float32) for k, v in experiment.behavior.items()}})
+    return key
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers of the make() methods (data access only)
+# ---------------------------------------------------------------------------------------------
+
+
+def _scan_file(key: dict) -> dict:
+    """Local path and reading options of a scan's file."""
+    from pipeline.imaging.io import MovieFileError
+
+    row = (Scan & key).fetch1()
+    ref = row["filename"]
+    path = None
+    try:
+        fs_protocol = ref.fs.protocol
+        local = "file" in (fs_protocol if isinstance(fs_protocol, (tuple, list)) else (fs_protocol,))
+    except Exception:
+        local = False
+    if local:
+        path = Path(ref.full_path)
+        if not path.is_file():
+            raise MovieFileError(f"{describe(key)}: file {ref.path!r} not found in the raw store (expected {path})")
+    else:  # a remote store: fetch a local copy
+        if not ref.exists():
+            raise MovieFileError(f"{describe(key)}: file {ref.path!r} not found in the raw store")
+        path = ref.download(Path(tempfile.mkdtemp(prefix="scan_")))
+    return {
+        "path": str(path),
+        "channel": int(row["channel"]),
+        "field": int(row["field"]),
+        "axes": row["axes"] or None,
+        "frame_rate": row["frame_rate"],
+    }
+
+
+def _scan_error(key: dict, error: Exception) -> Exception:
+    from pipeline.imaging.io import MovieFileError
+
+    return MovieFileError(f"{describe(key)}: {error}")
+
+
+# ---------------------------------------------------------------------------------------------
+# computed
+# ---------------------------------------------------------------------------------------------
+
+
+@schema
+class ScanInfo(dj.Imported):
+    definition = """
+    # header of a scan, read after checking every frame once
+    -> Scan
+    ---
+    nframes      : int32
+    height       : int32
+    width        : int32
+    nchannels    : int16
+    nfields      : int16
+    fps          : float64            # volume rate, Hz
+    um_per_pixel = null : float64
+    software     : varchar(64)
+    """
+
+    def make(self, key):
+        from pipeline.imaging.io import MovieFileError
+        from pipeline.imaging.scan import scan_info
+
+        scan = _scan_file(key)
+        try:
+            info = scan_info(scan["path"], channel=scan["channel"], field=scan["field"], axes=scan["axes"])
+        except (MovieFileError, OSError, ValueError) as error:
+            raise _scan_error(key, error) from None
+        fps = info.fps or scan["frame_rate"]
+        if not fps or not np.isfinite(fps) or fps <= 0:
+            raise MovieFileError(
+                f"{describe(key)}: frame rate unknown (the file's header has none; expected Scan.frame_rate > 0)"
+            )
+        trials = (Trial & key).to_arrays("trial_idx", "onset_frame", "duration_frames")
+        for trial_idx, onset, duration in zip(*trials):
+            if onset < 0 or onset + duration > info.nframes:
+                raise MovieFileError(
+                    f"{describe(key)}: trial {trial_idx} spans frames {onset}..{onset + duration - 1}, beyond "
+                    f"the movie's end (expected onset_frame + duration_frames <= {info.nframes} frames)"
+                )
+        behavior = (Behavior & key).to_dicts()
+        for row in behavior:
+            for name in ("running", "pupil_radius", "pupil_x", "pupil_y"):
+                if len(np.ravel(row[name])) != info.nframes:
+                    raise MovieFileError(
+                        f"{describe(key)}: Behavior.{name} has {len(np.ravel(row[name]))} samples "
+                        f"(expected {info.nframes}, one per frame)"
+                    )
+        self.insert1(
+            {
+                **key,
+                "nframes": int(info.nframes),
+                "height": int(info.height),
+                "width": int(info.width),
+                "nchannels": int(info.nchannels),
+                "nfields": int(info.nfields),
+                "fps": float(fps),
+                "um_per_pixel": None if info.um_per_pixel is None else float(info.um_per_pixel),
+                "software": info.software[:64],
+            }
+        )
+
+
+@schema
+class MotionCorrection(dj.Computed):
+    definition = """
+    # rigid motion correction: template and per-frame shifts (the corrected movie is not stored)
+    -> ScanInfo
+    -> MotionParams
+    ---
+    template         : <blob>   # (height, width) float32 reference image
+    shifts           : <blob>   # (frames, 2) float32 (y, x) pixels that register each frame
+    max_displacement : float64  # largest |shift|, pixels
+    """
+
+    def make_fetch(self, key):
+        scan = _scan_file(key)
+        _, config = params.load_config(MotionParams, key)
+        return scan, config
+
+    def make_compute(self, key, scan, config):
+        from pipeline.imaging.scan import read_scan
+
+        builder, _ = params.load_config(MotionParams, key)
+        try:
+            movie = read_scan(scan["path"], channel=scan["channel"], field=scan["field"], axes=scan["axes"])
+        except (OSError, ValueError) as error:
+            raise _scan_error(key, error) from None
+        template, shifts = builder(movie, **config)
+        return template, shifts
+
+    def make_insert(self, key, template, shifts):
+        self.insert1(
+            {
+                **key,
+                "template": np.asarray(template, dtype=np.float32),
+                "shifts": np.asarray(shifts, dtype=np.float32),
+                "max_displacement": float(np.abs(shifts).max()) if len(shifts) else 0.0,
+            }
+        )
+
+
+@schema
+class Denoised(dj.Computed):
+    definition = """
+    # PMD-denoised motion-corrected movie, stored as low-rank factors per spatial block
+    -> MotionCorrection
+    -> PMDParams
+    ---
+    rank              : int32
+    compression_ratio : float64     # bytes of the raw movie / bytes of the factors
+    snr_gain          : float64     # noise of raw / noise of denoised (high-frequency spectrum)
+    blocks            : <blob>      # (n_blocks, 5) int64: y0, y1, x0, x1, rank
+    info              : <blob>      # (4,) int64: frames, height, width, raw bytes
+    spatial           : <npy@movies>  # concatenated spatial factors, float32
+    temporal          : <npy@movies>  # (rank, frames) float32
+    mean_image        : <npy@movies>  # (height, width) float32
+    noise_image       : <npy@movies>  # (height, width) float32
+    """
+
+    def make_fetch(self, key):
+        scan = _scan_file(key)
+        shifts = (MotionCorrection & key).fetch1("shifts")
+        _, config = params.load_config(PMDParams, key)
+        return scan, shifts, config
+
+    def make_compute(self, key, scan, shifts, config):
+        from pipeline.imaging.scan import corrected_movie
+
+        builder, _ = params.load_config(PMDParams, key)
+        try:
+            movie = corrected_movie(scan["path"], shifts, channel=scan["channel"], field=scan["field"], axes=scan["axes"])
+        except (OSError, ValueError) as error:
+            raise _scan_error(key, error) from None
+        result = builder(movie, **config)
+        return (result.to_arrays(), result.rank, result.compression_ratio, result.snr_gain_estimate)
+
+    def make_insert(self, key, arrays, rank, compression_ratio, snr_gain):
+        self.insert1(
+            {
+                **key,
+                "rank": int(rank),
+                "compression_ratio": float(compression_ratio),
+                "snr_gain": float(snr_gain),
+                "blocks": arrays["blocks"],
+                "info": arrays["info"],
+                "spatial": arrays["spatial"],
+                "temporal": arrays["temporal"],
+                "mean_image": arrays["mean"],
+                "noise_image": arrays["noise"],
+            }
+        )
+
+    @staticmethod
+    def load(key: dict):
+        """The ``pipeline.imaging.pmd.PMDResult`` of one Denoised row."""
+        from pipeline.imaging.pmd import PMDResult
+
+        row = (Denoised & key).fetch1()
+        arrays = {
+            "blocks": row["blocks"],
+            "info": row["info"],
+            "spatial": np.asarray(row["spatial"]),
+            "temporal": np.asarray(row["temporal"]),
+            "mean": np.asarray(row["mean_image"]),
+            "noise": np.asarray(row["noise_image"]),
+        }
+        return PMDResult.from_arrays(arrays, snr_gain_estimate=row["snr_gain"])
+
+
+@schema
+class Segmentation(dj.Computed):
+    definition = """
+    # somata found in a denoised movie
+    -> Denoised
+    -> SegmentationParams
+    ---
+    ncells            : int32
+    correlation_image : <blob>   # (height, width) float32
+    """
+
+    class Mask(dj.Part):
+        definition = """
+        # one soma
+        -> master
+        mask_id  : int32
+        ---
+        pixels   : <blob>    # (n,) int32 flat pixel indices (row-major in height x width)
+        weights  : <blob>    # (n,) float32 footprint weights, peak 1
+        center_y : float32   # weighted centroid, pixels
+        center_x : float32
+        score    : float32   # local correlation at the seed
+        """
+
+    def make_fetch(self, key):
+        _, config = params.load_config(SegmentationParams, key)
+        return ((Denoised & key).fetch1("KEY"), config)
+
+    def make_compute(self, key, denoised_key, config):
+        builder, _ = params.load_config(SegmentationParams, key)
+        movie = Denoised.load(denoised_key).reconstruct()
+        found = builder(movie, **config)
+        masks = []
+        for i in range(len(found)):
+            flat = np.flatnonzero(found.masks[i]).astype(np.int32)
+            masks.append(
+                {
+                    "mask_id": i,
+                    "pixels": flat,
+                    "weights": found.weights[i].reshape(-1)[flat].astype(np.float32),
+                    "center_y": float(found.centers[i, 0]),
+                    "center_x": float(found.centers[i, 1]),
+                    "score": float(found.scores[i]),
+                }
+            )
+        return found.correlation_image.astype(np.float32), masks
+
+    def make_insert(self, key, correlation_image, masks):
+        self.insert1({**key, "ncells": len(masks), "correlation_image": correlation_image})
+        self.Mask.insert([{**key, **m} for m in masks])
+
+    @staticmethod
+    def weights(key: dict, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(mask_ids (cells,), weights (cells, height, width) float32)`` of one segmentation."""
+        rows = (Segmentation.Mask & key).to_dicts(order_by="mask_id")
+        out = np.zeros((len(rows), shape[0] * shape[1]), dtype=np.float32)
+        for i, row in enumerate(rows):
+            out[i, np.asarray(row["pixels"], dtype=np.int64)] = row["weights"]
+        return np.array([r["mask_id"] for r in rows], dtype=np.int64), out.reshape(len(rows), *shape)
+
+
+@schema
+class Traces(dj.Computed):
+    definition = """
+    # fluorescence and dF/F of every soma, from the denoised movie
+    -> Segmentation
+    -> TraceParams
+    ---
+    nframes : int32
+    fps     : float64
+    """
+
+    class Unit(dj.Part):
+        definition = """
+        # one cell's traces (unit_id = Segmentation.Mask.mask_id)
+        -> master
+        unit_id      : int32
+        ---
+        fluorescence : <blob>   # (frames,) float32, neuropil-corrected
+        dff          : <blob>   # (frames,) float32
+        """
+
+    def make_fetch(self, key):
+        _, config = params.load_config(TraceParams, key)
+        fps = (ScanInfo & key).fetch1("fps")
+        return ((Segmentation & key).fetch1("KEY"), config, fps)
+
+    def make_compute(self, key, seg_key, config, fps):
+        builder, _ = params.load_config(TraceParams, key)
+        denoised = Denoised.load(seg_key)
+        ids, weights = Segmentation.weights(seg_key, denoised.shape[1:])
+        out = builder(denoised, weights, fps, **config)
+        units = [
+            {"unit_id": int(i), "fluorescence": out["fluorescence"][k], "dff": out["dff"][k]} for k, i in enumerate(ids)
+        ]
+        return denoised.shape[0], units
+
+    def make_insert(self, key, nframes, units):
+        fps = (ScanInfo & key).fetch1("fps")
+        self.insert1({**key, "nframes": int(nframes), "fps": float(fps)})
+        self.Unit.insert([{**key, **u} for u in units])

@@ -280,7 +280,7 @@ def denoise(
     seed: int = 0,
     block_size: int = 32,
     overlap: int = 8,
-    max_rank: int = 40,
+    max_rank: int = 30,
     max_fails: int = 3,
     require: str = "both",
     noise_sims: int = 3,

@@ -72,3 +72,23 @@ def test_poisson_loss_is_minimal_at_the_responses():
 def test_seed_must_be_an_int():
     with pytest.raises(TypeError, match=r"seed = '1' \(expected an int\)"):
         training.set_seed("1")
+
+
+def test_every_model_trains_on_a_simulated_filetree_population(tmp_path):
+    from pipeline.simulation.population import simulate_population
+
+    from test_models_architecture import SMALL
+
+    folder = simulate_population(
+        tmp_path / "population", n_neurons=8, n_train=40, n_test_images=4, repeats=3, seed=0, height=16, width=16
+    )
+    loaders = identity.resolve("dataset", "filetree")(0, paths=[str(folder)], data_keys=["sim"], batch_size=16)
+    trainer = identity.resolve("trainer", "standard_trainer")
+    for name, config in SMALL.items():
+        model_fn = identity.resolve("model", name)
+        model = model_fn(loaders, 0, **identity.normalize(model_fn, config))
+        result = trainer(model, loaders, 0, progress=False, **identity.normalize(trainer, {"max_epochs": 2}))
+        assert np.isfinite(result.score), name
+        responses, predictions, image_ids = metrics.predict(model, loaders["test"]["sim"], "sim")
+        assert predictions.shape == responses.shape == (12, 8), name
+        assert sorted(set(image_ids.tolist())) == sorted(set(loaders["test"]["sim"].dataset.arrays["image_id"].tolist()))

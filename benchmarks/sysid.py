@@ -1,0 +1,237 @@
+"""Benchmark of the models of visual cortex on a simulated population (or any FileTree folder).
+
+For each model: the three test scores (single-trial correlation, correlation to average,
+FEVE), the oracle ceiling where the folder keeps noiseless rates, time per epoch and images
+per second; then the Gaussian-readout baseline side by side with neuralpredictors 0.3.0 (run
+as a subprocess in its own virtualenv) on the same arrays, architecture and batch size.
+
+    nice python benchmarks/sysid.py --json sysid.json                 # simulate, then fit
+    nice python benchmarks/sysid.py --dataset DIR --models cnn_factorized --json out.json
+
+Default sizes fit a 2-core machine shared with others: 500 neurons, 5000 train images of
+18 x 32 pixels, a test tier of 100 images x 10 repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline import identity  # noqa: E402
+from pipeline.sysid import data, metrics, models, training  # noqa: E402,F401
+
+PEER_PYTHON = ROOT.parent / "peers" / "np" / "bin" / "python"
+PEER_RUNNER = Path(__file__).resolve().with_name("sysid_neuralpredictors_peer.py")
+
+# one architecture for the CNN cores: 16 maps; the rotation core has 2 features x 8 rotations
+CORE = {"layers": 3, "input_kernel": 9, "hidden_kernel": 5, "pad_input": True, "gamma_input": 1.0}
+MODELS = {
+    "linear_nonlinear": ("linear_nonlinear", {"downsample": 1, "gamma_smooth": 1.0}),
+    "cnn_factorized": ("cnn_factorized", {**CORE, "hidden_channels": 16, "gamma_readout": 1e-4}),
+    "rotation_factorized": (
+        "rotation_factorized",
+        {**CORE, "features": 2, "rotations": 8, "basis_order": 4, "gamma_readout": 1e-4},
+    ),
+    "cnn_gaussian": ("cnn_gaussian", {**CORE, "hidden_channels": 16, "gamma_readout": 1e-4}),
+    # the Sensorium+ baseline: for populations with behaviour (--behavior)
+    "cnn_gaussian_shifter_modulator": (
+        "cnn_gaussian",
+        {**CORE, "hidden_channels": 16, "gamma_readout": 1e-4, "shifter": True, "modulator": True},
+    ),
+}
+DEFAULT_MODELS = ["linear_nonlinear", "cnn_factorized", "rotation_factorized", "cnn_gaussian"]
+TRAINER = {"max_epochs": 40, "lr": 5e-3, "patience": 4, "lr_decay_steps": 2}
+
+
+def simulate(folder: Path, args) -> Path:
+    from pipeline.simulation.population import simulate_population
+
+    started = time.perf_counter()
+    path = simulate_population(
+        folder,
+        n_neurons=args.neurons,
+        n_train=args.train,
+        n_test_images=args.test_images,
+        repeats=args.repeats,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        with_behavior=args.behavior,
+        overwrite=True,
+    )
+    print(f"simulated {args.neurons} neurons, {args.train} train images of {args.height} x {args.width} "
+          f"in {time.perf_counter() - started:.0f} s -> {path}")
+    return Path(path)
+
+
+def oracle(folder: Path) -> dict | None:
+    """Scores of the noiseless rates, where the folder keeps them (meta/ground_truth/rates.npy)."""
+    tree = data.read_filetree(folder)
+    rates = tree.meta.get("ground_truth/rates")
+    if rates is None:
+        return None
+    test = tree.tiers == "test"
+    scores = metrics.test_scores(tree.responses[test], rates[test], tree.image_ids[test])
+    return {k: v for k, v in scores.items() if not k.startswith("unit_")}
+
+
+def fit(name: str, loaders: dict, seed: int, trainer_config: dict, config_override: dict | None = None) -> dict:
+    builder, config = MODELS[name]
+    model_fn = identity.resolve("model", builder)
+    config = identity.normalize(model_fn, {**config, **(config_override or {})})
+    model = model_fn(loaders, seed, **config)
+    trainer_fn = identity.resolve("trainer", "standard_trainer")
+    result = trainer_fn(model, loaders, seed, progress=False, **identity.normalize(trainer_fn, trainer_config))
+    key = next(iter(loaders["test"]))
+    scores = metrics.test_scores(*metrics.predict(model, loaders["test"][key], key))
+    return {
+        "builder": builder,
+        "config": config,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        **{k: v for k, v in scores.items() if not k.startswith("unit_")},
+        "validation_correlation": result.score,
+        "epochs": result.output["epochs"],
+        "best_epoch": result.output["best_epoch"],
+        "seconds_per_epoch": result.output["seconds_per_epoch"],
+        "images_per_second": result.output["images_per_second"],
+    }
+
+
+def peer_comparison(loaders: dict, args, workdir: Path) -> dict:
+    """Our cnn_gaussian and neuralpredictors' Stacked2dCore + FullGaussian2d, same everything."""
+    key = next(iter(loaders["train"]))
+    arrays = {}
+    for tier in ("train", "validation", "test"):
+        for field, value in loaders[tier][key].dataset.arrays.items():
+            arrays[f"{tier}_{field}"] = value
+    np.savez(workdir / "arrays.npz", **arrays)
+    _, config = MODELS["cnn_gaussian"]
+    epochs = args.peer_epochs
+    peer_config = {
+        **{k: config[k] for k in ("hidden_channels", "layers", "input_kernel", "hidden_kernel", "pad_input",
+                                 "gamma_input", "gamma_readout")},
+        "init_mu_range": 0.3,
+        "init_sigma": 0.1,
+        "batch_size": loaders["train"][key].batch_size,
+        "epochs": epochs,
+        "lr": TRAINER["lr"],
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+    }
+    (workdir / "peer_config.json").write_text(json.dumps(peer_config))
+    # ours: the same fixed number of epochs, best validation epoch kept, no learning-rate decay
+    ours = fit("cnn_gaussian", loaders, args.seed, {"max_epochs": epochs, "lr": TRAINER["lr"], "patience": epochs + 1})
+    command = [str(args.peer_python), str(PEER_RUNNER), str(workdir / "arrays.npz"),
+               str(workdir / "peer_config.json"), str(workdir / "peer.json")]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"peer runner failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    peer = json.loads((workdir / "peer.json").read_text())
+    return {
+        "epochs": epochs,
+        "batch_size": peer_config["batch_size"],
+        "ours": ours,
+        "neuralpredictors": peer,
+        "time_per_epoch_ratio_ours_over_peer": ours["seconds_per_epoch"] / peer["seconds_per_epoch"],
+        "correlation_to_average_ratio_ours_over_peer": ours["correlation_to_average"] / peer["correlation_to_average"],
+        "single_trial_correlation_ratio_ours_over_peer": (
+            ours["single_trial_correlation"] / peer["single_trial_correlation"]
+        ),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", type=Path, help="a FileTree folder with a repeated test tier (default: simulate)")
+    parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS),
+                        help=f"default: {' '.join(DEFAULT_MODELS)} (+ cnn_gaussian_shifter_modulator with --behavior)")
+    parser.add_argument("--neurons", type=int, default=500)
+    parser.add_argument("--train", type=int, default=5000)
+    parser.add_argument("--test-images", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--height", type=int, default=18)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--behavior", action="store_true", help="simulate running, pupil and eye movements")
+    parser.add_argument("--max-epochs", type=int, default=TRAINER["max_epochs"])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--peer-epochs", type=int, default=10)
+    parser.add_argument("--no-peer", action="store_true", help="skip the neuralpredictors comparison")
+    parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
+    parser.add_argument("--workdir", type=Path, help="where to simulate (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.models is None:
+        args.models = DEFAULT_MODELS + (["cnn_gaussian_shifter_modulator"] if args.behavior else [])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        folder = args.dataset or simulate(workdir / "population", args)
+        report = {
+            "dataset": str(folder) if args.dataset else "simulated",
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "device": str(training.default_device()),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "oracle": oracle(folder),
+            "models": {},
+        }
+        loaders = identity.resolve("dataset", "filetree")(0, paths=[str(folder)], batch_size=args.batch_size)
+        trainer_config = {**TRAINER, "max_epochs": args.max_epochs}
+        for name in args.models:
+            started = time.perf_counter()
+            report["models"][name] = fit(name, loaders, args.seed, trainer_config)
+            report["models"][name]["wall_seconds"] = time.perf_counter() - started
+            print(f"  {name}: {report['models'][name]['correlation_to_average']:.3f} correlation to average, "
+                  f"{report['models'][name]['epochs']} epochs, {report['models'][name]['wall_seconds']:.0f} s", flush=True)
+        if not args.no_peer:
+            report["peer"] = peer_comparison(loaders, args, workdir)
+        print_report(report)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2, default=float))
+    return 0
+
+
+def print_report(report: dict) -> None:
+    o = report["oracle"]
+    print(f"\ndataset: {report['dataset']}  device: {report['device']}  torch {report['torch']}, "
+          f"{report['threads']} thread(s)")
+    header = f"{'model':22s} {'params':>8s} {'single':>7s} {'avg':>7s} {'FEVE':>7s} {'/oracle':>8s} {'ep':>4s} {'s/ep':>7s} {'img/s':>7s}"
+    print(header)
+    print("-" * len(header))
+    if o:
+        print(f"{'oracle (noiseless)':22s} {'':>8s} {o['single_trial_correlation']:7.3f} {o['correlation_to_average']:7.3f} "
+              f"{o['feve']:7.3f} {1.0:8.2f}")
+    for name, m in report["models"].items():
+        ratio = m["correlation_to_average"] / o["correlation_to_average"] if o else float("nan")
+        print(f"{name:22s} {m['parameters']:8d} {m['single_trial_correlation']:7.3f} {m['correlation_to_average']:7.3f} "
+              f"{m['feve']:7.3f} {ratio:8.2f} {m['epochs']:4d} {m['seconds_per_epoch']:7.2f} {m['images_per_second']:7.0f}")
+    peer = report.get("peer")
+    if peer:
+        print(f"\nGaussian-readout baseline vs neuralpredictors 0.3.0 ({peer['epochs']} epochs, batch {peer['batch_size']}):")
+        for side in ("ours", "neuralpredictors"):
+            p = peer[side]
+            print(f"  {side:18s} {p['seconds_per_epoch']:7.2f} s/epoch  {p['images_per_second']:7.0f} img/s  "
+                  f"single {p['single_trial_correlation']:.3f}  avg {p['correlation_to_average']:.3f}")
+        print(f"  ratio ours/peer: time per epoch {peer['time_per_epoch_ratio_ours_over_peer']:.2f}, "
+              f"correlation to average {peer['correlation_to_average_ratio_ours_over_peer']:.3f}, "
+              f"single-trial {peer['single_trial_correlation_ratio_ours_over_peer']:.3f}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -109,7 +109,9 @@ def _scanimage_info(tif, page) -> dict | None:
         nfields = int(h.get("state.acq.numberOfZSlices", 1))
         version = h.get("state.software.version", "3")
         fps = h.get("state.acq.frameRate")
+        frames = h.get("state.acq.numberOfFrames")
         return {
+            "expected_frames": int(frames) if isinstance(frames, (int, float)) and frames > 0 else None,
             "nchannels": max(nchannels, 1),
             "nfields": max(nfields, 1),
             # 3.x acquires one plane after the other: the volume rate is the frame rate / planes
@@ -146,7 +148,15 @@ def _scanimage_info(tif, page) -> dict | None:
         xs = [p[0] for p in fov]
         um = (max(xs) - min(xs)) / page.shape[-1]
     version = frame_data.get("SI.VERSION_MAJOR", "5")
+    frames = frame_data.get("SI.hStackManager.framesPerSlice")
+    per_file = frame_data.get("SI.hScan2D.logFramesPerFile")
+    expected = None
+    if isinstance(frames, (int, float)) and np.isfinite(frames) and frames > 0:
+        # acquisitions split over several files hold only part of the frames in each
+        if not (isinstance(per_file, (int, float)) and np.isfinite(per_file) and per_file < frames):
+            expected = int(frames)
     return {
+        "expected_frames": expected,
         "nchannels": max(nchannels, 1),
         "nfields": max(nfields, 1),
         "fps": float(rate) if rate else None,
@@ -216,6 +226,12 @@ def tiff_info(path: str | Path) -> MovieInfo:
                 info.fps = 1.0 / float(meta["finterval"])
             info.header = dict(meta)
         per_volume = info.nchannels * info.nfields
+        expected = si.get("expected_frames") if si is not None else None
+        if expected and npages < expected * per_volume:
+            raise MovieFileError(
+                f"{path}: TIFF has {npages // per_volume} frames but its ScanImage header says {expected} "
+                f"(file truncated; expected {expected} frames)"
+            )
         if npages % per_volume:
             raise MovieFileError(
                 f"{path}: {npages} TIFF pages do not divide into {info.nchannels} channel(s) x "
@@ -433,6 +449,7 @@ def write_scanimage_tiff(
             "SI.hChannels.channelSave = 1",
             "SI.hStackManager.enable = false",
             "SI.hStackManager.numSlices = 1",
+            f"SI.hStackManager.framesPerSlice = {movie.shape[0]}",
             f"SI.hRoiManager.scanFrameRate = {float(fps)!r}",
             f"SI.hRoiManager.linesPerFrame = {height}",
             f"SI.hRoiManager.pixelsPerLine = {width}",

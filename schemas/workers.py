@@ -329,6 +329,7 @@ class WorkerProcess:
         self.done = 0
         self.failed = 0
         self.stopping = False
+        self.signalled = False
         self.interrupting = False
         self.in_job = False
         self.lost_connection_retries: dict[tuple[str, str], int] = {}
@@ -421,6 +422,7 @@ class WorkerProcess:
         if self.stopping and self.in_job:  # a second request: interrupt now
             self._on_grace_over(signum, frame)
         self.stopping = True
+        self.signalled = True
         self.status = "stopping"
         log.warning("worker %s: %s received, stopping", self.worker_id, signal.Signals(signum).name)
         if self.in_job:
@@ -514,6 +516,7 @@ class WorkerProcess:
         except SystemExit:
             # a stop request, or DataJoint's own SIGTERM handler between two jobs
             self.stopping = True
+            self.signalled = True
             self.status = "stopping"
         except Exception as error:  # noqa: BLE001 - the connection broke during a job
             log.warning("%s: %s: %s; reconnecting", table.__class__.__name__, type(error).__name__, error)
@@ -567,10 +570,14 @@ class WorkerProcess:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._beat_stop.set()
-            self._beat_thread.join(timeout=5)
+            self._beat_thread.join(timeout=1)
             self.status = "stopped"
             try:
                 self._after_lost_connection()
+                # nothing stays reserved under this process once it is gone (e.g. a stop
+                # request that arrived in the middle of a reservation)
+                for table in self.tables:
+                    release_reserved(table.jobs, {"host": self.host, "pid": self.pid})
                 self._beat(self.connection)
             except Exception as error:  # noqa: BLE001 - the controller will mark it lost
                 log.warning("worker %s: could not record its exit: %s", self.worker_id, error)
@@ -636,7 +643,7 @@ def _activate(args) -> tuple[dj.Connection, list[ModuleType]]:
 def _setup_logging() -> None:
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
@@ -662,7 +669,16 @@ def _cmd_worker(args) -> int:
     connection, modules = _activate(args)
     tables = select_tables(options.tables, modules)
     ensure_jobs_tables(tables)
-    return WorkerProcess(connection, tables, options, gpu=gpu).run()
+    worker = WorkerProcess(connection, tables, options, gpu=gpu)
+    code = worker.run()
+    if worker.signalled:
+        # everything is recorded; tearing down the interpreter (torch and friends) can take
+        # seconds on a busy machine, which the grace period does not have
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _cmd_controller(args) -> int:
@@ -765,6 +781,9 @@ def _launch_submitit(args) -> int:
     if args.dry_run:
         print(sbatch_script(args, folder))
         return 0
+    # create the jobs tables and fill the queues before the workers race for them
+    _connection, modules = _activate(args)
+    control(select_tables(args.tables, modules), args.heartbeat_timeout)
     executor = submitit.AutoExecutor(folder=folder, cluster=args.cluster)
     params = slurm_parameters(args)
     if args.cluster == "slurm":

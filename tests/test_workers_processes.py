@@ -240,3 +240,28 @@ def test_launch_starts_local_workers_that_share_the_work(work):
     assert sorted(wt.Square().to_arrays("item_id")) == list(range(30))
     assert sorted((workers.Worker()).to_arrays("gpu")) == ["", ""]
     assert len(workers.Worker()) == 2
+
+
+def test_launch_through_submitit_runs_workers_as_scheduled_jobs(work):
+    pytest.importorskip("submitit")
+    work.items(10)
+    launched = work.pipeline("launch", "--cluster", "local", "-n", "2", "--wait", "--exit-when-idle",
+                             "--log-dir", str(work.folder / "submitit"), *FAST, timeout=180)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    assert launched.stdout.count("submitted ") == 2
+    assert sorted(wt.Square().to_arrays("item_id")) == list(range(10))
+    assert sorted(workers.Worker().to_arrays("status")) == ["stopped", "stopped"]
+
+
+def test_controller_puts_back_the_job_of_a_worker_whose_heartbeat_stopped(work):
+    work.items(1, sleep=30)
+    proc = work.worker("--tables", "Square")
+    work.busy_worker()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(2.5)  # older than the heartbeat timeout below
+    controller = work.pipeline("controller", "--once", "--heartbeat-timeout", "2", "--tables", "Square")
+    assert controller.returncode == 0, controller.stderr
+    assert "1 recovered from dead workers" in controller.stderr
+    assert wt.Square.jobs.to_arrays("status").tolist() == ["pending"]
+    assert (workers.Worker & {"pid": proc.pid}).fetch1("status") == "lost"

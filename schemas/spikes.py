@@ -10,7 +10,7 @@ import datajoint as dj
 import numpy as np
 
 from pipeline import spikes
-from schemas import params
+from schemas import imaging, params
 
 schema = dj.Schema()
 
@@ -41,7 +41,7 @@ class GroundTruth(dj.Manual):
     """
 
     @classmethod
-    def insert_recordings(cls, recordings: list, indicator: str = "", source: str = "") -> int:
+    def insert_recordings(cls, recordings: list, indicator: str = "", source: str = "", skip_duplicates: bool = False) -> int:
         """Insert ``pipeline.spikes.Recording`` objects (their dataset and name are the key)."""
         rows = [
             {
@@ -51,7 +51,7 @@ class GroundTruth(dj.Manual):
             }
             for r in recordings
         ]
-        cls.insert(rows)
+        cls.insert(rows, skip_duplicates=skip_duplicates)
         return len(rows)
 
     @classmethod
@@ -179,3 +179,65 @@ class SpikeModel(dj.Computed):
         row = (SpikeModel & key).fetch1()
         network = _method_config({"config": row["network"]})
         return spikes.SpikeModel.from_bytes(np.asarray(row["weights"]).tobytes(), network, row["training_correlation"])
+
+
+@schema
+class Activity(dj.Computed):
+    definition = """
+    # inferred spikes of every unit of a scan's traces, by one spike inference method
+    -> imaging.Traces
+    -> SpikeMethod
+    ---
+    fps                  : float64        # frame rate of the traces (Hz)
+    n_units              : int32
+    """
+
+    class Unit(dj.Part):
+        definition = """
+        -> master
+        -> imaging.Traces.Unit
+        ---
+        spikes               : <blob>         # (frames,) float32 inferred spikes per frame; NaN where dF/F is
+        """
+
+    @property
+    def key_source(self):
+        # a supervised method runs once its SpikeModel is trained
+        ready = [
+            {"spike_method_hash": row["spike_method_hash"]}
+            for row in SpikeMethod.to_dicts()
+            if row["builder"] != "supervised"
+            or SpikeModel & {"spike_method_hash": row["spike_method_hash"],
+                             "training_set": _method_config(row)["training_set"]}
+        ]
+        return (imaging.Traces.proj() * SpikeMethod.proj()) & ready
+
+    def make_fetch(self, key):
+        row = (SpikeMethod & key).fetch1()
+        config = _method_config(row)
+        units = (imaging.Traces.Unit & key).to_dicts(order_by="unit_id")
+        fps = float((imaging.Traces & key).fetch1("fps"))
+        weights = network = None
+        if row["builder"] == "supervised":
+            model_key = {"spike_method_hash": key["spike_method_hash"], "training_set": config["training_set"]}
+            weights, network = (SpikeModel & model_key).fetch1("weights", "network")
+            weights = np.asarray(weights)
+        return row["builder"], config, [u["unit_id"] for u in units], [u["dff"] for u in units], fps, weights, network
+
+    def make_compute(self, key, builder, config, unit_ids, traces, fps, weights, network):
+        if not unit_ids:
+            raise ValueError(f"Traces {key}: no units (expected at least 1)")
+        lengths = {np.asarray(t).size for t in traces}
+        if len(lengths) != 1:
+            raise ValueError(f"Traces {key}: units have different lengths {sorted(lengths)} (expected one)")
+        model = None
+        if builder == "supervised":
+            model = spikes.SpikeModel.from_bytes(weights.tobytes(), _method_config({"config": network}))
+        inferred = spikes.infer_spikes(np.stack(traces), fps, builder, model, **config)
+        return fps, unit_ids, inferred
+
+    def make_insert(self, key, fps, unit_ids, inferred):
+        self.insert1({**key, "fps": fps, "n_units": len(unit_ids)})
+        self.Unit.insert(
+            [{**key, "unit_id": int(u), "spikes": s.astype(np.float32)} for u, s in zip(unit_ids, inferred)]
+        )

@@ -111,6 +111,7 @@ def test_spike_model_weights_reproduce_training_in_the_pipeline(tables, trained)
 
 
 def test_deconvolution_methods_train_no_model(tables, trained):
-    tables.SpikeMethod.insert_method("deconvolution", {})
-    assert len(tables.SpikeModel.key_source) == 1
-    assert (tables.SpikeModel.key_source.fetch1("spike_method_hash")) == trained["method"]["spike_method_hash"]
+    deconvolution = tables.SpikeMethod.insert_method("deconvolution", {})
+    assert len(tables.SpikeModel.key_source & deconvolution) == 0
+    assert tables.SpikeModel.key_source & trained["method"]  # the supervised method's training set
+    assert (tables.SpikeModel.key_source & trained["method"]).fetch1("training_set") == "sim"

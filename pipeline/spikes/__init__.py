@@ -39,7 +39,7 @@ def _check_traces(traces) -> np.ndarray:
 
 @identity.register("spikes", "deconvolution")
 def deconvolution(
-    traces: np.ndarray, fps: float, model=None, *, order: int = 1, tau: float = 1.0, fudge_factor: float = 0.98
+    traces: np.ndarray, fps: float, model=None, *, order: int = 1, tau: float = 1.0, fudge_factor: float = 0.99
 ) -> np.ndarray:
     """Noise-constrained non-negative AR deconvolution of each trace (see ``deconvolve``).
 

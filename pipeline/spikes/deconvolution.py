@@ -113,38 +113,41 @@ def _pool_ar1(y, g, lam):
 
 
 @numba.njit(cache=True)
+def _fit_ar1(y, g, lam, start, rounds):
+    # alternate the spikes and the baseline (the mean residual), from a baseline of start
+    baseline = start
+    for _ in range(rounds):
+        calcium = _pool_ar1(y - baseline, g, lam)
+        baseline = np.mean(y - calcium)
+    calcium = _pool_ar1(y - baseline, g, lam)
+    return calcium, baseline
+
+
+@numba.njit(cache=True)
 def _constrained_ar1(y, g, noise, iterations):
-    # the smallest penalty whose residual reaches the noise: bisection on log(lambda),
-    # with the baseline re-estimated as the mean residual at each step
+    # the penalty whose residual matches the noise: bisection on log(lambda)
     n = y.size
     target = noise * noise * n
-    low, high = 0.0, 0.0
-    baseline = np.percentile(y, 15.0)
-    calcium = _pool_ar1(y - baseline, g, 0.0)
-    residual = y - baseline - calcium
-    baseline += residual.mean()
-    calcium = _pool_ar1(y - baseline, g, 0.0)
-    rss = np.sum((y - baseline - calcium) ** 2)
-    if rss >= target:
+    start = np.percentile(y, 15.0)
+    calcium, baseline = _fit_ar1(y, g, 0.0, start, 2)
+    if np.sum((y - baseline - calcium) ** 2) >= target:
         return calcium, baseline, 0.0
-    high = noise * np.sqrt(n) + 1e-12
-    lam = high
+    high = noise * np.sqrt(n)
     for _ in range(60):  # find a penalty that is too large
-        calcium = _pool_ar1(y - baseline, g, high)
+        calcium, baseline = _fit_ar1(y, g, high, start, 2)
         if np.sum((y - baseline - calcium) ** 2) >= target:
             break
         high *= 4.0
+    low = high * 1e-6
     for _ in range(iterations):
-        lam = np.sqrt(max(low, high * 1e-6) * high) if low == 0.0 else np.sqrt(low * high)
-        calcium = _pool_ar1(y - baseline, g, lam)
-        baseline += (y - baseline - calcium).mean() * 0.5
-        rss = np.sum((y - baseline - calcium) ** 2)
-        if rss > target:
+        lam = np.sqrt(low * high)
+        calcium, baseline = _fit_ar1(y, g, lam, start, 2)
+        if np.sum((y - baseline - calcium) ** 2) > target:
             high = lam
         else:
             low = lam
-    calcium = _pool_ar1(y - baseline, g, lam)
-    return calcium, baseline, lam
+    calcium, baseline = _fit_ar1(y, g, low, start, 2)
+    return calcium, baseline, low
 
 
 def _shrink(coefficients: np.ndarray, factor: float) -> np.ndarray:
@@ -179,7 +182,7 @@ def deconvolve(
     fps: float,
     order: int = 1,
     tau: float = 1.0,
-    fudge_factor: float = 0.98,
+    fudge_factor: float = 0.99,
     iterations: int = 30,
 ) -> tuple[np.ndarray, dict]:
     """Spikes of one finite trace by noise-constrained non-negative AR deconvolution.
@@ -195,10 +198,9 @@ def deconvolve(
     tau
         Decay time constant (s) used when the trace does not give a stable estimate.
     fudge_factor
-        Shrinks the estimated AR roots, as ``root * fudge_factor ** (100 / fps)``: a decay rate
-        of ``-100 ln(fudge_factor)`` per second is added, whatever the frame rate (the
-        autocovariance over-estimates the decay time of slow indicators; 0.98 at 100 Hz is
-        OASIS's default).
+        Multiplies the estimated AR roots (``root * fudge_factor``), as OASIS does (its
+        default is 0.98): the autocovariance over-estimates the decay time of the calcium.
+        0.99 was the best of 0.97, 0.98, 0.99 on all nine ground-truth datasets.
     iterations
         Bisection steps for the penalty.
 
@@ -211,7 +213,7 @@ def deconvolve(
     """
     y = np.asarray(trace, dtype=np.float64)
     noise = estimate_noise(y)
-    coefficients = _shrink(_stable_ar(estimate_ar(y, order, noise), fps, tau), fudge_factor ** (100.0 / fps))
+    coefficients = _shrink(_stable_ar(estimate_ar(y, order, noise), fps, tau), fudge_factor)
     if noise == 0.0 or np.ptp(y) == 0.0:
         return np.zeros_like(y), {"g": coefficients, "noise": noise, "baseline": float(y.mean()), "penalty": 0.0}
     # AR(1) exactly; for AR(2) the AR(1) solution with the dominant root sets the penalty and

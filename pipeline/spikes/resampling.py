@@ -23,7 +23,7 @@ def rebin(values: np.ndarray, fps: float, rate: float, n_out: int, how: str) -> 
     integral = np.concatenate([[0.0], np.cumsum(values)])  # sum up to each input edge
     edges_out = np.arange(n_out + 1) / rate
     totals = np.diff(np.interp(edges_out, edges_in, integral))
-    return totals * (fps / rate) if how == "mean" else totals
+    return totals * (rate / fps) if how == "mean" else totals
 
 
 def fill_gaps(trace: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

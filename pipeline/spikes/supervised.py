@@ -208,7 +208,10 @@ def train_spike_model(
         with torch.no_grad():  # start at the mean firing rate (inverse softplus)
             network.layers[-1].bias.fill_(float(np.log(np.expm1(max(mean_rate, 1e-3)))))
         optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps, pct_start=0.1)
+        warmup = max(1, steps // 10)
+        schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to zero
+            optimizer, lambda i: (i + 1) / warmup if i < warmup else 0.5 * (1 + np.cos(np.pi * (i - warmup) / max(1, steps - warmup)))
+        )
         history = []
         network.train()
         for step in range(steps):

@@ -118,13 +118,15 @@ def _leading_components(
         evals, evecs = torch.linalg.eigh(gram.double())
         u = evecs[:, -k:].flip(1).to(y.dtype)
     else:
+        # float64 for the small iterations: cheap, and float32 QR is slow on some CPU builds
+        gram = gram.double()
         gen = generator or torch.Generator(device="cpu").manual_seed(0)
-        basis = torch.randn(p, q, generator=gen, dtype=torch.float32).to(y.device, y.dtype)
+        basis = torch.randn(p, q, generator=gen, dtype=torch.float64).to(y.device)
         for _ in range(n_iter):
             basis, _ = torch.linalg.qr(gram @ basis)
         small = basis.T @ gram @ basis
-        evals, evecs = torch.linalg.eigh(small.double())
-        u = (basis.double() @ evecs[:, -k:].flip(1)).to(y.dtype)
+        evals, evecs = torch.linalg.eigh(small)
+        u = (basis @ evecs[:, -k:].flip(1)).to(y.dtype)
     # a fixed sign: the largest-magnitude entry of each spatial component is positive
     idx = u.abs().argmax(dim=0)
     sign = torch.sign(u[idx, torch.arange(u.shape[1], device=u.device)])

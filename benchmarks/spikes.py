@@ -132,6 +132,10 @@ def summarize(cells: list) -> dict:
 def print_table(result: dict) -> None:
     summary = result["summary"]
     methods = list(summary["methods"])
+    print(f"{'cell':48s} {'fps':>6s} " + " ".join(f"{m:>18s}" for m in methods))
+    for c in result["cells"]:
+        print(f"{c['dataset'][:16] + '/' + c['cell'][-31:]:48s} {c['fps']:6.1f} " + " ".join(f"{c[m]:18.3f}" for m in methods))
+    print()
     print(f"{'dataset':24s} {'cells':>5s} " + " ".join(f"{m:>18s}" for m in methods))
     for d, row in summary["datasets"].items():
         print(f"{d:24s} {row['cells']:5d} " + " ".join(f"{row[m]:18.3f}" for m in methods))

@@ -15,7 +15,24 @@ from types import ModuleType
 
 # the embedded default database needs no datajoint.json: do not warn that there is none
 warnings.filterwarnings("ignore", message="No datajoint.json found")
+import logging  # noqa: E402
+
 import datajoint as dj  # noqa: E402
+
+
+class _JobsTableTypeNotice(logging.Filter):
+    """Drop DataJoint's notice about native types in the jobs tables it generates itself.
+
+    A jobs table's definition copies its target's key attributes with their native SQL types
+    (``smallint`` for ``int16``), and declaring it logs a portability warning per attribute on
+    every activation: noise the user can do nothing about.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Consider using a core DataJoint type" not in record.getMessage()
+
+
+logging.getLogger("datajoint").addFilter(_JobsTableTypeNotice())
 
 # in dependency order: a stage only references tables of the stages before it
 STAGES = ("imaging", "spikes", "sysid", "workers")

@@ -411,11 +411,11 @@ class Score(dj.Computed):
         )
 
 
-def _score(key, names, dataset_config, model_config, seed, weights, device=None) -> dict:
+def _rebuild(names, dataset_config, model_config, seed, weights, device=None) -> tuple:
     from pipeline import identity
     from pipeline.sysid import fitting
 
-    model, dataloaders = fitting.rebuild(
+    return fitting.rebuild(
         identity.resolve("dataset", names[0]),
         dataset_config,
         identity.resolve("model", names[1]),
@@ -424,8 +424,44 @@ def _score(key, names, dataset_config, model_config, seed, weights, device=None)
         weights,
         device=device,
     )
+
+
+def _score(key, names, dataset_config, model_config, seed, weights, device=None) -> dict:
+    from pipeline.sysid import fitting
+
+    model, dataloaders = _rebuild(names, dataset_config, model_config, seed, weights, device)
     scores = fitting.evaluate(model, dataloaders, "test")
     return scores[key["dataset_id"]] if "dataset_id" in key else next(iter(scores.values()))
+
+
+def _one_model(key: dict) -> tuple[dict, tuple, dict, dict, int, bytes]:
+    """(full key, builder names, dataset config, model config, seed, weights) of one trained model."""
+    rows = (TrainedModel & key).keys()
+    if len(rows) != 1:
+        raise LookupError(f"{key} matches {len(rows)} trained models (expected exactly one)")
+    (full,) = rows
+    _, dataset_config, _, model_config, seed = _builders(full)
+    names = ((DatasetConfig & full).fetch1("builder"), (ModelConfig & full).fetch1("builder"))
+    weights = (TrainedModel & full).fetch1("weights").read()
+    return full, names, dataset_config, model_config, seed, weights
+
+
+def load_model(key: dict, device: str | None = None) -> tuple:
+    """The trained model at ``key`` with its stored weights loaded, and its data loaders.
+
+    Parameters
+    ----------
+    key
+        Restricts ``TrainedModel`` to exactly one row.
+    device
+        ``"cpu"``, ``"cuda"`` or None (CUDA when there is one).
+
+    Returns
+    -------
+    (torch.nn.Module in eval mode, dataloaders ``{tier: {data_key: DataLoader}}``)
+    """
+    _, names, dataset_config, model_config, seed, weights = _one_model(key)
+    return _rebuild(names, dataset_config, model_config, seed, weights, device)
 
 
 def reproduce(key: dict, device: str | None = None) -> dict:
@@ -446,13 +482,10 @@ def reproduce(key: dict, device: str | None = None) -> dict:
         (largest absolute difference between recomputed and stored means and per-unit values,
         or None), ``provenance`` of the training run.
     """
-    rows = (TrainedModel & key).keys()
-    if len(rows) != 1:
-        raise LookupError(f"reproduce: {key} matches {len(rows)} trained models (expected exactly one)")
-    (full,) = rows
-    dataset_fn, dataset_config, model_fn, model_config, seed = _builders(full)
-    names = ((DatasetConfig & full).fetch1("builder"), (ModelConfig & full).fetch1("builder"))
-    weights = (TrainedModel & full).fetch1("weights").read()
+    try:
+        full, names, dataset_config, model_config, seed, weights = _one_model(key)
+    except LookupError as error:
+        raise LookupError(f"reproduce: {error}") from None
     scores = _score(full, names, dataset_config, model_config, seed, weights, device=device)
     stored, difference = None, None
     if Score & full:

@@ -145,6 +145,8 @@ def simulate_experiment(
     fps: float = 15.0,
     cell_radius: float = 3.0,
     n_images: int = 60,
+    n_test_images: int = 5,
+    test_repeats: int = 5,
     image_height: int = 36,
     image_width: int = 64,
     stimulus_frames: int = 8,
@@ -173,7 +175,12 @@ def simulate_experiment(
     cell_radius
         Soma radius (pixels).
     n_images, image_height, image_width
-        Distinct stimulus images and their size; trials draw images at random.
+        Distinct stimulus images and their size.
+    n_test_images, test_repeats
+        The first ``n_test_images`` images are shown ``test_repeats`` times each (the test
+        tier of a dataset built from the scan); every other image is shown once. Trials come
+        in random order; the movie holds ``n_frames // (stimulus_frames + gap_frames)`` of
+        them, and grey follows once the design is used up.
     stimulus_frames, gap_frames
         Frames an image is shown, then frames of grey before the next trial.
     tau
@@ -217,7 +224,12 @@ def simulate_experiment(
     period = stimulus_frames + gap_frames
     n_trials = max(n_frames // period, 1) if n_frames >= stimulus_frames else 0
     images = natural_images(n_images, image_height, image_width, seed=seed)
-    image_id = rng.integers(0, n_images, size=n_trials)
+    # the design of a system-identification scan: a few test images in repeats (for the noise
+    # ceiling), every other image once; in random order, cut to what the movie holds
+    n_test = min(max(int(n_test_images), 0), n_images)
+    design = np.concatenate([np.repeat(np.arange(n_test), max(int(test_repeats), 1)), np.arange(n_test, n_images)])
+    image_id = rng.permutation(design)[:n_trials]
+    n_trials = len(image_id)
     onsets = np.arange(n_trials) * period + gap_frames // 2
     onsets = onsets[onsets + stimulus_frames <= n_frames]
     n_trials = len(onsets)

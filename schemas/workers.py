@@ -53,6 +53,9 @@ log = logging.getLogger("pipeline.worker")
 
 LIVE_STATUSES = ("idle", "busy", "stopping")
 RETRIES_AFTER_LOST_CONNECTION = 2
+WORKER_MEMORY_S = 7 * 24 * 3600
+BATCH_SECONDS = 2.0
+MAX_BATCH = 50
 
 
 @schema
@@ -218,6 +221,11 @@ def recover_orphans(tables: Sequence[type], heartbeat_timeout: float) -> dict[st
     """
     connection = Worker.connection
     mark_lost_workers(connection, heartbeat_timeout)
+    # forget workers gone for a week (their jobs were recovered long ago)
+    connection.query(
+        f"DELETE FROM {Worker.full_table_name} WHERE status IN ('stopped', 'lost') "
+        f"AND last_seen < {_now(connection)} - {_interval(connection, WORKER_MEMORY_S)}"
+    )
     rows = Worker().to_dicts()
     live = {(r["host"], r["pid"]) for r in rows if r["status"] in LIVE_STATUSES}
     dead = {(r["host"], r["pid"]) for r in rows if r["status"] in ("lost", "stopped")} - live
@@ -303,7 +311,7 @@ class WorkerOptions:
     priority: int | None = None
     max_jobs: int | None = None
     exit_when_idle: bool = False
-    batch: int = 4
+    batch: int | None = None  # None: adaptive
     poll: float = 2.0
     heartbeat: float = 10.0
     heartbeat_timeout: float = 60.0
@@ -334,6 +342,7 @@ class WorkerProcess:
         self.in_job = False
         self.lost_connection_retries: dict[tuple[str, str], int] = {}
         self._last_refresh: dict[str, float] = {}
+        self._durations: dict[str, float] = {}  # running mean of job durations per table
         self._last_control = 0.0
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
@@ -391,6 +400,8 @@ class WorkerProcess:
 
     def _finish_job(self, name: str, key: dict, ok: bool | None) -> None:
         elapsed = time.monotonic() - self._job_started
+        previous = self._durations.get(name)
+        self._durations[name] = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
         if ok:
             self.done += 1
             log.info("%s %s done in %.2f s", name, self.current[1], elapsed)
@@ -500,7 +511,8 @@ class WorkerProcess:
     def _populate(self, table) -> int:
         """One populate call on ``table``; return the number of jobs it ran."""
         remaining = self._remaining()
-        calls = self.options.batch if remaining is None else min(self.options.batch, remaining)
+        batch = self.options.batch or self._adaptive_batch(table.__class__.__name__)
+        calls = batch if remaining is None else min(batch, remaining)
         before = self.done + self.failed
         started = time.monotonic()
         try:
@@ -531,6 +543,17 @@ class WorkerProcess:
             # a long computation: the server may have dropped the idle connection meanwhile
             self._after_lost_connection()
         return self.done + self.failed - before
+
+    def _adaptive_batch(self, name: str) -> int:
+        """Keys to list per populate call: about ``BATCH_SECONDS`` of work, 1 to ``MAX_BATCH``.
+
+        Short jobs: a long list, so the pending query is paid once per many jobs; long jobs:
+        one key at a time, so a more urgent job that arrives meanwhile is taken next.
+        """
+        duration = self._durations.get(name)
+        if duration is None:
+            return 4
+        return int(min(MAX_BATCH, max(1, BATCH_SECONDS / max(duration, 1e-3))))
 
     def _idle(self) -> bool:
         """True when no job is pending or reserved in this worker's tables (after a refresh)."""
@@ -612,7 +635,8 @@ def _worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exit-when-idle", action="store_true", help="exit when nothing is pending or reserved")
     parser.add_argument("--gpu", help="the GPU this worker uses (an index; 'none' for CPU only); default: "
                         "the scheduler's CUDA_VISIBLE_DEVICES / SLURM_LOCALID")
-    parser.add_argument("--batch", type=int, default=4, help="keys listed per populate call (default 4)")
+    parser.add_argument("--batch", type=int, help="keys listed per populate call (default: about 2 s of work, "
+                        "from the mean job duration, 1 to 50)")
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between looks when idle (default 2)")
     parser.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats (default 10)")
     parser.add_argument("--heartbeat-timeout", type=float, default=60.0,

@@ -112,14 +112,13 @@ def _leading_components(
     and is not needed for the few leading components.
     """
     p = y.shape[0]
-    gram = y @ y.T
+    gram = (y @ y.T).double()
     q = min(p, k + 10)
     if q >= p:
-        evals, evecs = torch.linalg.eigh(gram.double())
+        evals, evecs = torch.linalg.eigh(gram)
         u = evecs[:, -k:].flip(1).to(y.dtype)
     else:
         # float64 for the small iterations: cheap, and float32 QR is slow on some CPU builds
-        gram = gram.double()
         gen = generator or torch.Generator(device="cpu").manual_seed(0)
         basis = torch.randn(p, q, generator=gen, dtype=torch.float64).to(y.device)
         for _ in range(n_iter):
@@ -356,11 +355,12 @@ def denoise(
                     f"movie has non-finite values in block y {y0}:{y1}, x {x0}:{x1} (expected finite values)"
                 )
             y = torch.from_numpy(np.ascontiguousarray(block.T)).to(dev)  # (P, T)
+            del block
             mu = y.mean(dim=1, keepdim=True)
-            y = y - mu
+            y.sub_(mu)  # in place: one copy of the block at a time
             sd = noise_level(y, noise_band)
             sd = torch.where(sd > 0, sd, torch.ones_like(sd))
-            y = y / sd[:, None]
+            y.div_(sd[:, None])
             mean_img[y0:y1, x0:x1] = mu.squeeze(1).reshape(bh, bw).cpu().numpy()
             noise_img[y0:y1, x0:x1] = sd.reshape(bh, bw).cpu().numpy()
 

@@ -198,7 +198,8 @@ def simulate_experiment(
     read_noise
         Standard deviation of the Gaussian detector noise (photons).
     max_shift
-        Largest rigid displacement (pixels, integer random walk); 0 for no motion.
+        Range of the rigid motion: an integer random walk within +-max_shift pixels, then
+        centred on its median position (the motion-free reference); 0 for no motion.
     spontaneous_rate
         Spontaneous spikes per frame as a fraction of each neuron's baseline count per
         stimulus frame (the model's baseline is per trial).
@@ -213,11 +214,13 @@ def simulate_experiment(
     if n_frames < 1 or height < 8 or width < 8:
         raise ValueError(f"simulate_experiment: n_frames={n_frames}, size {height}x{width} (expected >= 1, >= 8x8)")
     rng = np.random.default_rng(seed)
-    margin = int(max_shift)
+    # room for the walk after it is centred on its median (up to 2 * max_shift from 0)
+    margin = 2 * int(max_shift)
     hp, wp = height + 2 * margin, width + 2 * margin
 
-    # cells in the padded field; the motion-free view is the centre crop
-    fp_padded = soma_footprints(n_cells, hp, wp, cell_radius, rng, margin=2 * margin)
+    # cells in the padded field, at least max_shift from the view's edges; the motion-free
+    # view is the centre crop
+    fp_padded = soma_footprints(n_cells, hp, wp, cell_radius, rng, margin=margin + int(max_shift))
     footprints = fp_padded[:, margin : margin + height, margin : margin + width]
 
     # stimulus trials and behaviour
@@ -283,6 +286,8 @@ def simulate_experiment(
             if rng.random() < 0.1:
                 pos = np.clip(pos + rng.integers(-1, 2, size=2), -max_shift, max_shift)
             shifts[t] = pos
+        # the position held most of the time is the reference (as motion correction takes it)
+        shifts -= np.round(np.median(shifts, axis=0))
 
     movie = np.empty((n_frames, height, width), dtype=np.float32)
     clean_out = np.empty_like(movie) if keep_clean else None

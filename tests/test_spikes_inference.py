@@ -205,3 +205,21 @@ def test_cascade_reader_reads_real_ground_truth(shared_data):
                            struct_as_record=False)["CAttached"]
     assert recordings[0].fps == pytest.approx(50.0, rel=1e-3)
     assert recordings[0].spikes.sum() == np.size(raw.events_AP)
+
+
+def test_cascade_reader_reads_matlab_v73_files(tmp_path):
+    import h5py
+
+    path = tmp_path / "cell.mat"
+    with h5py.File(path, "w", userblock_size=512) as f:
+        group = f.create_group("CAttached")
+        group["fluo_time"] = (np.arange(20) / 20.0)[:, None]  # MATLAB stores column vectors
+        group["fluo_mean"] = np.linspace(0, 1, 20)[:, None]
+        group["events_AP"] = np.array([[500.0, 5100.0]])  # 1e-4 s: 0.05 s, 0.51 s
+    with open(path, "r+b") as f:  # the MATLAB 7.3 header in the user block
+        f.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .")
+        f.seek(124)
+        f.write(b"\x00\x02IM")
+    (recording,) = read_cascade(path, dataset="DSh5")
+    assert recording.fps == pytest.approx(20.0)
+    assert np.flatnonzero(recording.spikes).tolist() == [1, 10]

@@ -9,7 +9,7 @@ as a subprocess in its own virtualenv) on the same arrays, architecture and batc
     nice python benchmarks/sysid.py --dataset DIR --models cnn_factorized --json out.json
 
 Default sizes fit a 2-core machine shared with others: 500 neurons, 5000 train images of
-18 x 32 pixels, a test tier of 100 images x 10 repeats.
+18 x 32 pixels, a test tier of 100 images x 10 repeats, at most 15 epochs per model.
 """
 
 from __future__ import annotations
@@ -35,24 +35,24 @@ from pipeline.sysid import data, metrics, models, training  # noqa: E402,F401
 PEER_PYTHON = ROOT.parent / "peers" / "np" / "bin" / "python"
 PEER_RUNNER = Path(__file__).resolve().with_name("sysid_neuralpredictors_peer.py")
 
-# one architecture for the CNN cores: 16 maps; the rotation core has 2 features x 8 rotations
+# one architecture for the CNN cores: 32 maps; the rotation core has 4 features x 8 rotations
 CORE = {"layers": 3, "input_kernel": 9, "hidden_kernel": 5, "pad_input": True, "gamma_input": 1.0}
 MODELS = {
     "linear_nonlinear": ("linear_nonlinear", {"downsample": 1, "gamma_smooth": 1.0}),
-    "cnn_factorized": ("cnn_factorized", {**CORE, "hidden_channels": 16, "gamma_readout": 1e-4}),
+    "cnn_factorized": ("cnn_factorized", {**CORE, "hidden_channels": 32, "gamma_readout": 1e-4}),
     "rotation_factorized": (
         "rotation_factorized",
-        {**CORE, "features": 2, "rotations": 8, "basis_order": 4, "gamma_readout": 1e-4},
+        {**CORE, "features": 4, "rotations": 8, "basis_order": 6, "gamma_readout": 1e-4},
     ),
-    "cnn_gaussian": ("cnn_gaussian", {**CORE, "hidden_channels": 16, "gamma_readout": 1e-4}),
+    "cnn_gaussian": ("cnn_gaussian", {**CORE, "hidden_channels": 32, "gamma_readout": 1e-4}),
     # the Sensorium+ baseline: for populations with behaviour (--behavior)
     "cnn_gaussian_shifter_modulator": (
         "cnn_gaussian",
-        {**CORE, "hidden_channels": 16, "gamma_readout": 1e-4, "shifter": True, "modulator": True},
+        {**CORE, "hidden_channels": 32, "gamma_readout": 1e-4, "shifter": True, "modulator": True},
     ),
 }
 DEFAULT_MODELS = ["linear_nonlinear", "cnn_factorized", "rotation_factorized", "cnn_gaussian"]
-TRAINER = {"max_epochs": 40, "lr": 5e-3, "patience": 4, "lr_decay_steps": 2}
+TRAINER = {"max_epochs": 15, "lr": 5e-3, "patience": 4, "lr_decay_steps": 2}
 
 
 def simulate(folder: Path, args) -> Path:
@@ -167,9 +167,10 @@ def main(argv=None) -> int:
     parser.add_argument("--behavior", action="store_true", help="simulate running, pupil and eye movements")
     parser.add_argument("--max-epochs", type=int, default=TRAINER["max_epochs"])
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--train-fraction", type=float, default=1.0, help="train on this fraction of the train tier")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--peer-epochs", type=int, default=10)
+    parser.add_argument("--peer-epochs", type=int, default=5)
     parser.add_argument("--no-peer", action="store_true", help="skip the neuralpredictors comparison")
     parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
     parser.add_argument("--workdir", type=Path, help="where to simulate (default: a temporary folder)")
@@ -191,7 +192,9 @@ def main(argv=None) -> int:
             "oracle": oracle(folder),
             "models": {},
         }
-        loaders = identity.resolve("dataset", "filetree")(0, paths=[str(folder)], batch_size=args.batch_size)
+        loaders = identity.resolve("dataset", "filetree")(
+            0, paths=[str(folder)], batch_size=args.batch_size, train_fraction=args.train_fraction
+        )
         trainer_config = {**TRAINER, "max_epochs": args.max_epochs}
         for name in args.models:
             started = time.perf_counter()

@@ -122,6 +122,14 @@ def _method_config(row: dict) -> dict:
     return config
 
 
+def _hex(array) -> str:
+    return np.asarray(array, dtype="<f4").tobytes().hex()
+
+
+def _unhex(text: str) -> np.ndarray:
+    return np.frombuffer(bytes.fromhex(text), dtype="<f4")
+
+
 @schema
 class SpikeModel(dj.Computed):
     definition = """
@@ -150,14 +158,18 @@ class SpikeModel(dj.Computed):
         row = (SpikeMethod & key).fetch1()
         members = GroundTruth & (TrainingSet.Member & key)
         rows = members.to_dicts(order_by=("truth_dataset", "recording"))
-        return _method_config(row), rows
+        # populate hashes the fetched data (deepdiff) before and after computing: arrays as hex
+        # text hash in milliseconds, as arrays in tens of seconds for the full ground truth
+        return _method_config(row), [
+            (r["truth_dataset"], r["recording"], r["fps"], _hex(r["calcium"]), _hex(r["spikes"])) for r in rows
+        ]
 
     def make_compute(self, key, config, rows):
         if not rows:
             raise ValueError(f"training set {key['training_set']!r} has no ground-truth recordings")
         recordings = [
-            spikes.Recording(r["calcium"], r["spikes"], r["fps"], dataset=r["truth_dataset"], name=r["recording"])
-            for r in rows
+            spikes.Recording(_unhex(calcium), _unhex(counts), fps, dataset=dataset, name=name)
+            for dataset, name, fps, calcium, counts in rows
         ]
         training = {k: v for k, v in config.items() if k != "training_set"}
         start = time.time()

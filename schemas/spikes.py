@@ -9,8 +9,19 @@ from pathlib import Path
 import datajoint as dj
 import numpy as np
 
-from pipeline import spikes
 from schemas import imaging, params
+
+
+class _Lazy:
+    # pipeline.spikes imports torch and numba: import it on first use, so that a worker or a
+    # command that never infers spikes starts in a second rather than several
+    def __getattr__(self, name):
+        import pipeline.spikes
+
+        return getattr(pipeline.spikes, name)
+
+
+spikes = _Lazy()
 
 schema = dj.Schema()
 

@@ -109,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="No datajoint.json found")
     warnings.filterwarnings("ignore", message=".*MariaDB is not officially supported.*")
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    os.environ.setdefault("DJ_LOG_LEVEL", "WARNING")
+    import datajoint as dj
+
+    # DataJoint's INFO lines ("connected to ...") would drown the command's own output
+    dj.config["loglevel"] = os.environ.get("DJ_LOG_LEVEL", "WARNING")
     from .database import DatabaseUnavailable
 
     args = build_parser().parse_args(argv)

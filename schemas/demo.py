@@ -103,10 +103,13 @@ def register_inputs(size_name: str, seed: int) -> dict:
 
     if not sysid.Dataset & {"dataset_id": POPULATION_DATASET}:
         folder = population_folder(size_name, seed)
-        if not (folder / "meta").is_dir():
+        if not folder.is_dir():
             _say(f"simulating a population: {size.population['n_neurons']} neurons, "
                  f"{size.population['n_train']} training images")
-            simulate_population(folder, seed=seed, overwrite=True, **size.population)
+            # written aside and renamed, so that an interrupted write is never taken as done
+            partial = folder.with_name(folder.name + ".partial")
+            simulate_population(partial, seed=seed, overwrite=True, **size.population)
+            partial.rename(folder)
         sysid.import_filetree(folder, POPULATION_DATASET, note=f"demo {size_name} seed {seed}")
 
     dataset_config = params.insert_config(sysid.DatasetConfig, "filetree", {}, note="demo")
@@ -149,20 +152,29 @@ def model_restriction(keys: dict) -> list[dict]:
 
 
 def populate(tables: list[type], restriction: Any, workers: int, prefix: str) -> list:
-    """Populate ``tables`` in order, in this process or through ``workers`` worker processes."""
+    """Populate ``tables`` through the worker loop: in this process, or ``workers`` processes.
+
+    The worker loop is what makes Ctrl-C safe: the current job gets a grace period to finish,
+    else it is put back to pending, so a rerun computes it; nothing is left half-written.
+    """
+    from .workers import WorkerOptions, WorkerProcess
+
     if workers <= 1:
-        errors = []
-        for table in tables:
-            result = table.populate(restriction, reserve_jobs=True, suppress_errors=True, display_progress=True)
-            errors += [(table.__name__, key, message) for key, message in result["error_list"]]
-        return errors
-    argv = [sys.executable, "-m", "schemas.cli", "--prefix", prefix, "launch", "--workers", str(workers),
-            "--exit-when-idle", "--tables", *[t.__name__ for t in tables]]
-    _say(f"populating {', '.join(t.__name__ for t in tables)} with {workers} worker processes")
-    subprocess.run(argv, check=False)
+        options = WorkerOptions(restrictions=[restriction], exit_when_idle=True, poll=0.2, progress=True,
+                                refresh_interval=0.5, grace=10.0)
+        worker = WorkerProcess(tables[0].connection, tables, options)
+        worker.run()
+        if worker.signalled:
+            raise KeyboardInterrupt
+    else:
+        argv = [sys.executable, "-m", "schemas.cli", "--prefix", prefix, "launch", "--workers", str(workers),
+                "--exit-when-idle", "--poll", "0.5", "--tables", *[t.__name__ for t in tables]]
+        _say(f"populating {', '.join(t.__name__ for t in tables)} with {workers} worker processes")
+        if subprocess.run(argv, check=False).returncode in (130, -2):
+            raise KeyboardInterrupt
     errors = []
     for table in tables:
-        for row in (table.jobs.errors & restriction).to_dicts() if restriction else table.jobs.errors.to_dicts():
+        for row in (table.jobs.errors & restriction).to_dicts():
             key = {k: row[k] for k in table.primary_key if k in row}
             errors.append((table.__name__, key, row["error_message"]))
     return errors
@@ -314,6 +326,12 @@ def run_demo(prefix: str | None = None, *, size: str = "full", seed: int = 0, wo
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import database
+
+    if database.user_gave_host() and args.prefix is None:
+        print("pipeline demo: a lab server is configured (DJ_HOST / datajoint.json); give the demo schemas of "
+              "its own there, e.g. `pipeline --prefix demo_ demo`", file=sys.stderr)
+        return 2
     summary = run_demo(args.prefix, size=args.size, seed=args.seed, workers=args.workers)
     return 1 if summary["errors"] else 0
 

@@ -319,6 +319,7 @@ class WorkerOptions:
     refresh_interval: float = 5.0
     grace: float = 30.0
     gpu: str | None = None
+    progress: bool = False  # tqdm bars per populate call (an interactive run, e.g. the demo)
 
 
 class WorkerProcess:
@@ -523,7 +524,7 @@ class WorkerProcess:
                 max_calls=calls,
                 priority=self.options.priority,
                 refresh=False,
-                display_progress=False,
+                display_progress=self.options.progress,
             )
         except SystemExit:
             # a stop request, or DataJoint's own SIGTERM handler between two jobs

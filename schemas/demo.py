@@ -281,7 +281,8 @@ def format_summary(summary: dict) -> str:
         if oracle:
             lines.append(
                 f"          {'oracle (true rates)':<20}         {oracle['single_trial_correlation']:.3f}  "
-                f"{oracle['correlation_to_average']:.3f}  {oracle['feve']:.3f}"
+                f"{oracle['correlation_to_average']:.3f}  {oracle['feve']:.3f}  (knows each trial's behaviour, "
+                "so its FEVE can pass 1)"
             )
         else:
             lines.append("          (no oracle: the scan's units are segmented cells, not the simulated neurons)")

@@ -84,79 +84,74 @@ class Seed(dj.Lookup):
 # --------------------------------------------------------------------------------------- #
 
 
-# TrialResponses needs the imaging and spikes stages (imaging.Trial, spikes.Activity); until
-# they define those tables this stage declares everything else.
-HAS_TRIAL_RESPONSES = hasattr(spikes, "Activity") and hasattr(imaging, "Trial")
+@schema
+class ResponseWindow(dj.Lookup):
+    definition = params.config_definition("response_window", "how a trial's response is taken from activity")
+    builder_kind = "response"
 
-if HAS_TRIAL_RESPONSES:
+@schema
+class TrialResponses(dj.Computed):
+    definition = """
+    # response of every unit on every stimulus trial, in a window after onset
+    -> spikes.Activity
+    -> ResponseWindow
+    ---
+    n_trials      : int32
+    n_units       : int32
+    unit_ids      : <blob>    # (units,) int64: the order of every trial's responses
+    has_behavior  : bool      # behavior and pupil_center are filled
+    """
 
-    @schema
-    class ResponseWindow(dj.Lookup):
-        definition = params.config_definition("response_window", "how a trial's response is taken from activity")
-        builder_kind = "response"
-
-
-    @schema
-    class TrialResponses(dj.Computed):
+    class Trial(dj.Part):
         definition = """
-        # response of every unit on every stimulus trial, in a window after onset
-        -> spikes.Activity
-        -> ResponseWindow
+        -> master
+        -> imaging.Trial
         ---
-        n_trials      : int32
-        n_units       : int32
-        unit_ids      : <blob>    # (units,) int64: the order of every trial's responses
-        has_behavior  : bool      # behavior and pupil_center are filled
+        responses            : <blob>   # (units,) float32 mean activity in the window
+        behavior = null      : <blob>   # (3,) float32 pupil radius, its derivative (/s), running speed
+        pupil_center = null  : <blob>   # (2,) float32 eye position (x, y) minus its mean
         """
 
-        class Trial(dj.Part):
-            definition = """
-            -> master
-            -> imaging.Trial
-            ---
-            responses            : <blob>   # (units,) float32 mean activity in the window
-            behavior = null      : <blob>   # (3,) float32 pupil radius, its derivative (/s), running speed
-            pupil_center = null  : <blob>   # (2,) float32 eye position (x, y) minus its mean
-            """
-
-        def make(self, key):
-            fn, config = params.load_config(ResponseWindow, key)
-            units = (spikes.Activity.Unit & key).to_dicts(order_by="unit_id")
-            if not units:
-                raise ValueError(f"TrialResponses {key}: Activity has no units (expected at least one)")
-            trials = (imaging.Trial & key).to_dicts(order_by="trial_idx")
-            if not trials:
-                raise ValueError(f"TrialResponses {key}: the scan has no stimulus trials (expected imaging.Trial rows)")
-            fps = float((imaging.ScanInfo & key).fetch1("fps"))
-            behavior = None
-            if imaging.Behavior & key:
-                row = (imaging.Behavior & key).fetch1()
-                behavior = {k: row.get(k) for k in ("running", "pupil_radius", "pupil_x", "pupil_y")}
-            activity = np.stack([np.asarray(u["spikes"], dtype=np.float32) for u in units])
-            onsets = np.array([t["onset_frame"] for t in trials], dtype=np.int64)
-            out = fn(activity, onsets, fps, behavior, **config)
-            unit_ids = np.array([u["unit_id"] for u in units], dtype=np.int64)
-            self.insert1(
+    def make(self, key):
+        fn, config = params.load_config(ResponseWindow, key)
+        units = (spikes.Activity.Unit & key).to_dicts(order_by="unit_id")
+        if not units:
+            raise ValueError(f"TrialResponses {key}: Activity has no units (expected at least one)")
+        trials = (imaging.Trial & key).to_dicts(order_by="trial_idx")
+        if not trials:
+            raise ValueError(f"TrialResponses {key}: the scan has no stimulus trials (expected imaging.Trial rows)")
+        fps = float((imaging.ScanInfo & key).fetch1("fps"))
+        behavior = None
+        if imaging.Behavior & key:
+            row = (imaging.Behavior & key).fetch1()
+            behavior = {k: row.get(k) for k in ("running", "pupil_radius", "pupil_x", "pupil_y")}
+        activity = np.stack([np.asarray(u["spikes"], dtype=np.float32) for u in units])
+        onsets = np.array([t["onset_frame"] for t in trials], dtype=np.int64)
+        out = fn(activity, onsets, fps, behavior, **config)
+        unit_ids = np.array([u["unit_id"] for u in units], dtype=np.int64)
+        self.insert1(
+            {
+                **key,
+                "n_trials": len(trials),
+                "n_units": len(units),
+                "unit_ids": unit_ids,
+                "has_behavior": out["behavior"] is not None,
+            }
+        )
+        rows = []
+        for i, trial in enumerate(trials):
+            rows.append(
                 {
                     **key,
-                    "n_trials": len(trials),
-                    "n_units": len(units),
-                    "unit_ids": unit_ids,
-                    "has_behavior": out["behavior"] is not None,
+                    "trial_idx": int(trial["trial_idx"]),
+                    "responses": out["responses"][i],
+                    "behavior": None if out["behavior"] is None else out["behavior"][i],
+                    "pupil_center": None if out["pupil_center"] is None else out["pupil_center"][i],
                 }
             )
-            rows = []
-            for i, trial in enumerate(trials):
-                rows.append(
-                    {
-                        **key,
-                        "trial_idx": int(trial["trial_idx"]),
-                        "responses": out["responses"][i],
-                        "behavior": None if out["behavior"] is None else out["behavior"][i],
-                        "pupil_center": None if out["pupil_center"] is None else out["pupil_center"][i],
-                    }
-                )
-            self.Trial.insert(rows)
+        self.Trial.insert(rows)
+
+
 
 
 # --------------------------------------------------------------------------------------- #
@@ -188,16 +183,14 @@ class Dataset(dj.Manual):
         return count
 
 
-if HAS_TRIAL_RESPONSES:
-
-    @schema
-    class DatasetSource(dj.Manual):
-        definition = """
-        # the trial responses a dataset was built from
-        -> Dataset
-        ---
-        -> TrialResponses
-        """
+@schema
+class DatasetSource(dj.Manual):
+    definition = """
+    # the trial responses a dataset was built from
+    -> Dataset
+    ---
+    -> TrialResponses
+    """
 
 
 def _dataset_row(tree, dataset_id: str, origin: str, note: str) -> dict:

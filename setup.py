@@ -37,6 +37,7 @@ setup(
             "nbclient>=0.9,<1",
             "ipykernel>=6.25,<8",
             "matplotlib>=3.7,<4",
+            "submitit>=1.5,<2",  # the SLURM launch path is tested through submitit's local executor
         ],
         "slurm": ["submitit>=1.5,<2"],
     },

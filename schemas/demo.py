@@ -33,6 +33,7 @@ class DemoSize:
     population: dict
     models: dict
     trainer: dict
+    dataset: dict = field(default_factory=dict)
     seeds: tuple = (0,)
     spike_methods: tuple = (("deconvolution", {"order": 1}), ("deconvolution", {"order": 2}))
     extra: dict = field(default_factory=dict)
@@ -42,7 +43,7 @@ _CORE = {"layers": 3, "hidden_channels": 16, "input_kernel": 9, "hidden_kernel":
 SIZES = {
     # the README's main job: a few hundred cells, finishes in minutes on 2 CPU cores
     "full": DemoSize(
-        scan=dict(n_cells=200, height=128, width=128, n_frames=3000, n_images=160, n_test_images=10),
+        scan=dict(n_cells=200, height=128, width=128, n_frames=6000, n_images=360, n_test_images=10),
         population=dict(n_neurons=150, n_train=2500, n_test_images=50, repeats=10),
         models={
             "linear_nonlinear": {},
@@ -50,6 +51,7 @@ SIZES = {
             "cnn_gaussian": dict(_CORE),
         },
         trainer=dict(max_epochs=12, patience=3, lr=5e-3),
+        dataset=dict(batch_size=32),
     ),
     # tests and notebooks in CI: the same tables, tiny data
     "small": DemoSize(
@@ -58,6 +60,7 @@ SIZES = {
         models={
             "linear_nonlinear": {},
             "cnn_factorized": dict(_CORE, layers=2, hidden_channels=8),
+            "cnn_gaussian": dict(_CORE, layers=2, hidden_channels=8),
         },
         trainer=dict(max_epochs=3, patience=2, lr=5e-3),
     ),
@@ -112,7 +115,7 @@ def register_inputs(size_name: str, seed: int) -> dict:
             partial.rename(folder)
         sysid.import_filetree(folder, POPULATION_DATASET, note=f"demo {size_name} seed {seed}")
 
-    dataset_config = params.insert_config(sysid.DatasetConfig, "filetree", {}, note="demo")
+    dataset_config = params.insert_config(sysid.DatasetConfig, "filetree", size.dataset, note="demo")
     model_keys = {
         name: params.insert_config(sysid.ModelConfig, name, config, note="demo") for name, config in size.models.items()
     }

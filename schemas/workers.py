@@ -137,13 +137,18 @@ def select_tables(names: Sequence[str] | None, modules: Sequence[ModuleType] = (
 
 
 def _retry_race(action, attempts: int = 5):
-    """Run a declaration that concurrent processes may race for (PostgreSQL DuplicateTable)."""
+    """Run an idempotent action that concurrent workers may race for, retrying the race.
+
+    The races: two processes declaring one jobs table (PostgreSQL DuplicateTable), and two
+    processes refreshing one queue (a MariaDB/MySQL deadlock, error 1213, or PostgreSQL's).
+    """
     for attempt in range(attempts):
         try:
             return action()
         except Exception as error:  # noqa: BLE001 - re-raised below unless it is the race
             text = str(error).lower()
-            if attempt == attempts - 1 or not ("already exists" in text or "duplicate" in text):
+            race = "already exists" in text or "duplicate" in text or "deadlock" in text
+            if attempt == attempts - 1 or not race:
                 raise
             time.sleep(0.05 * (attempt + 1))
 
@@ -247,7 +252,7 @@ def recover_orphans(tables: Sequence[type], heartbeat_timeout: float) -> dict[st
 def refresh_queue(cls: type, restrictions: Sequence[dict] = ()) -> int:
     """Add the keys that are ready to ``cls``'s jobs table; return how many were added."""
     priority = getattr(cls, "job_priority", None)
-    return cls().jobs.refresh(*restrictions, delay=-1, priority=priority)["added"]
+    return _retry_race(lambda: cls().jobs.refresh(*restrictions, delay=-1, priority=priority)["added"])
 
 
 def control(tables: Sequence[type], heartbeat_timeout: float, restrictions: Sequence[dict] = ()) -> dict:

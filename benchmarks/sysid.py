@@ -78,13 +78,9 @@ def simulate(folder: Path, args) -> Path:
 
 def oracle(folder: Path) -> dict | None:
     """Scores of the noiseless rates, where the folder keeps them (meta/ground_truth/rates.npy)."""
-    tree = data.read_filetree(folder)
-    rates = tree.meta.get("ground_truth/rates")
-    if rates is None:
-        return None
-    test = tree.tiers == "test"
-    scores = metrics.test_scores(tree.responses[test], rates[test], tree.image_ids[test])
-    return {k: v for k, v in scores.items() if not k.startswith("unit_")}
+    from pipeline.simulation.population import oracle_scores
+
+    return oracle_scores(folder)
 
 
 def fit(name: str, loaders: dict, seed: int, trainer_config: dict, config_override: dict | None = None) -> dict:

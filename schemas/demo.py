@@ -191,8 +191,8 @@ def populate(tables: list[type], restriction: Any, workers: int, prefix: str) ->
 def summarize(size_name: str, seed: int, keys: dict) -> dict:
     """Cells, spikes and model scores against the simulation's ground truth."""
     from pipeline.imaging.segmentation import match_masks
-    from pipeline.simulation.population import ground_truth  # noqa: F401 - documents where truth lives
-    from pipeline.sysid import data, metrics
+    from pipeline.simulation.population import oracle_scores
+    from pipeline.sysid import metrics
 
     from . import imaging, spikes, sysid
 
@@ -243,10 +243,7 @@ def summarize(size_name: str, seed: int, keys: dict) -> dict:
             continue
         oracle = None
         if dataset_id == POPULATION_DATASET:
-            tree = data.read_filetree(population_folder(size_name, seed))
-            test = tree.tiers == "test"
-            o = metrics.test_scores(tree.responses[test], tree.meta["ground_truth/rates"][test], tree.image_ids[test])
-            oracle = {k: o[k] for k in ("single_trial_correlation", "correlation_to_average", "feve")}
+            oracle = oracle_scores(population_folder(size_name, seed))
         summary["models"].append({
             "dataset": dataset_id,
             "oracle": oracle,

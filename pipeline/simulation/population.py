@@ -183,3 +183,26 @@ def ground_truth(path: str | os.PathLike) -> tuple[np.ndarray, Neurons]:
     rates = np.load(folder / "rates.npy")
     params = {p.stem: np.load(p) for p in (folder / "neurons").glob("*.npy")}
     return rates, Neurons.from_dict(params)
+
+
+def oracle_scores(path: str | os.PathLike) -> dict | None:
+    """The test-tier scores of the noiseless rates: the ceiling any model of the folder can reach.
+
+    Returns
+    -------
+    dict or None
+        ``single_trial_correlation``, ``correlation_to_average``, ``feve``, ``n_units_feve``
+        (see ``pipeline.sysid.metrics.test_scores``); None if the folder keeps no rates.
+        Where the population is modulated by behaviour, the rates know each trial's
+        behaviour, so their FEVE can exceed 1.
+    """
+    from pipeline.sysid import metrics
+    from pipeline.sysid.data import read_filetree
+
+    tree = read_filetree(path)
+    rates = tree.meta.get("ground_truth/rates")
+    if rates is None:
+        return None
+    test = tree.tiers == "test"
+    scores = metrics.test_scores(tree.responses[test], rates[test], tree.image_ids[test])
+    return {k: v for k, v in scores.items() if not k.startswith("unit_")}

@@ -82,6 +82,13 @@ def _encoder(core, shapes: dict, make_readout: Callable, shifter: dict | None = 
     return Encoder(core, readouts, shifters, modulators)
 
 
+def _seeded_shapes(dataloaders: dict, seed: int) -> tuple[dict, int]:
+    """Seed the weights' initialization; the datasets' shapes and the images' channel count."""
+    set_seed(seed)
+    shapes = dataset_shapes(dataloaders)
+    return shapes, next(iter(shapes.values()))["image_shape"][0]
+
+
 @identity.register("model", "cnn_factorized")
 def cnn_factorized(
     dataloaders: dict,
@@ -97,9 +104,7 @@ def cnn_factorized(
     gamma_readout: float = 1e-4,
 ) -> Encoder:
     """Stacked CNN core + factorized "what x where" readout (Klindt et al. 2017)."""
-    set_seed(seed)
-    shapes = dataset_shapes(dataloaders)
-    channels = next(iter(shapes.values()))["image_shape"][0]
+    shapes, channels = _seeded_shapes(dataloaders, seed)
     core = StackedCNNCore(
         channels, hidden_channels, layers, input_kernel, hidden_kernel, pad_input, gamma_input, gamma_hidden
     )
@@ -123,9 +128,7 @@ def rotation_factorized(
     gamma_readout: float = 1e-4,
 ) -> Encoder:
     """Rotation-equivariant core (Ecker et al. 2019) + factorized readout."""
-    set_seed(seed)
-    shapes = dataset_shapes(dataloaders)
-    channels = next(iter(shapes.values()))["image_shape"][0]
+    shapes, channels = _seeded_shapes(dataloaders, seed)
     core = RotationEquivariantCore(
         channels,
         features,
@@ -164,9 +167,7 @@ def cnn_gaussian(
 ) -> Encoder:
     """Stacked CNN core + Gaussian readout (Lurz et al. 2021), optionally with a shifter and a
     behaviour modulator (the Sensorium / Sensorium+ baseline)."""
-    set_seed(seed)
-    shapes = dataset_shapes(dataloaders)
-    channels = next(iter(shapes.values()))["image_shape"][0]
+    shapes, channels = _seeded_shapes(dataloaders, seed)
     core = StackedCNNCore(
         channels, hidden_channels, layers, input_kernel, hidden_kernel, pad_input, gamma_input, gamma_hidden
     )
@@ -189,8 +190,6 @@ def linear_nonlinear(
     gamma_l2: float = 0.0,
 ) -> Encoder:
     """Linear-nonlinear baseline: one smooth linear filter per neuron on the (pooled) image."""
-    set_seed(seed)
-    shapes = dataset_shapes(dataloaders)
-    channels = next(iter(shapes.values()))["image_shape"][0]
+    shapes, channels = _seeded_shapes(dataloaders, seed)
     core = IdentityCore(channels, downsample)
     return _encoder(core, shapes, lambda s, n, m: LinearReadout(s, n, gamma_smooth, gamma_l2, m))

@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 
 SMALL = {
     "cnn_factorized": {"hidden_channels": 4, "layers": 2, "input_kernel": 5, "hidden_kernel": 3},
-    "rotation_factorized": {"features": 2, "rotations": 8, "layers": 2, "input_kernel": 5, "hidden_kernel": 3, "basis_order": 3},
+    "rotation_factorized": {"features": 2, "rotations": 8, "layers": 2, "input_kernel": 5, "hidden_kernel": 3},
     "cnn_gaussian": {"hidden_channels": 4, "layers": 2, "input_kernel": 5, "hidden_kernel": 3, "shifter": True, "modulator": True},
     "linear_nonlinear": {"downsample": 2},
 }
@@ -109,7 +109,7 @@ def test_factorized_readout_is_mask_times_features():
 def test_rotating_input_by_90_degrees_permutes_orientation_channels():
     torch.manual_seed(0)
     core = models.RotationEquivariantCore(
-        1, features=3, rotations=8, layers=3, input_kernel=5, hidden_kernel=3, basis_order=3, pad_input=True
+        1, features=3, rotations=8, layers=3, input_kernel=5, hidden_kernel=3, pad_input=True
     ).eval()
     images = torch.randn(2, 1, 12, 12)
     with torch.no_grad():
@@ -122,21 +122,40 @@ def test_rotating_input_by_90_degrees_permutes_orientation_channels():
 
 
 def test_rotation_core_shares_filters_across_rotations():
-    core = models.RotationEquivariantCore(1, features=2, rotations=8, layers=1, input_kernel=7, basis_order=4)
+    core = models.RotationEquivariantCore(1, features=2, rotations=8, layers=1, input_kernel=7)
     weight = core.filters(0).detach()  # (features * rotations, 1, 7, 7)
     torch.testing.assert_close(weight[2], torch.rot90(weight[0], -1, dims=(1, 2)), atol=1e-5, rtol=1e-5)
-    assert sum(p.numel() for p in core.parameters() if p.requires_grad) == 2 * 10 + 2 * 2  # + batch norm
+    # 28 ring harmonics on a 7-pixel kernel (rings 0..3 with 1, 5, 9, 13 functions) per feature
+    assert sum(p.numel() for p in core.parameters() if p.requires_grad) == 2 * 28 + 2 * 2  # + batch norm
 
 
-def test_hermite_basis_functions_have_unit_norm():
-    basis = models.hermite_basis(9, order=4, rotations=8)
-    assert basis.shape == (8, 10, 9, 9)
-    np.testing.assert_allclose((basis[0] ** 2).sum(axis=(1, 2)), np.ones(10), rtol=1e-5)
+def test_steerable_basis_has_unit_norm_and_turns_exactly_by_90_degrees():
+    basis = models.steerable_basis(9, rotations=8)
+    assert basis.shape == (8, 45, 9, 9)  # rings 0..4 with 1, 5, 9, 13, 17 functions
+    np.testing.assert_allclose((basis[0] ** 2).sum(axis=(1, 2)), np.ones(45), rtol=1e-5)
+    np.testing.assert_array_equal(basis[2], np.rot90(basis[0], -1, axes=(1, 2)))
+    assert models.ring_harmonics(5)[:4] == [(0, 0, "cos"), (1, 0, "cos"), (1, 1, "cos"), (1, 1, "sin")]
 
 
-def test_hermite_basis_rejects_even_kernels():
+def test_steerable_basis_is_zero_outside_the_inscribed_disk():
+    basis = models.steerable_basis(9, rotations=3)
+    corners = basis[..., [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert float(np.abs(corners).max()) == 0.0
+    assert float(np.abs(basis[..., 4, 0]).max()) > 0.05  # the middle of an edge is inside
+
+
+def test_steerable_basis_copies_at_45_degrees_stay_in_its_span():
+    # rotation by any angle maps the span of the functions onto itself
+    basis = models.steerable_basis(9, rotations=8).reshape(8, 45, -1).astype(np.float64)
+    q, _ = np.linalg.qr(basis[0].T)
+    rotated = basis[1].T
+    leaving = np.linalg.norm(rotated - q @ (q.T @ rotated)) / np.linalg.norm(rotated)
+    assert leaving < 1e-5
+
+
+def test_steerable_basis_rejects_even_kernels():
     with pytest.raises(ValueError, match=r"kernel_size = 4 \(expected an odd positive number of pixels\)"):
-        models.hermite_basis(4, order=3)
+        models.steerable_basis(4)
 
 
 def test_laplace_smoothness_is_zero_for_flat_interior_and_positive_for_noise():
@@ -151,3 +170,20 @@ def test_model_config_normalizes_ints_to_floats():
     assert config["gamma_input"] == 2.0 and isinstance(config["gamma_input"], float)
     with pytest.raises(identity.ConfigError, match=r"does not take config key\(s\) \['channels'\]"):
         identity.normalize(models.cnn_factorized, {"channels": 8})
+
+
+def test_data_keys_that_name_module_attributes_or_hold_dots_get_readouts():
+    # data keys are folder names: "pop", "train" and "a.b" are refused by nn.ModuleDict
+    keys = ["pop", "train", "a.b"]
+    synthetic = synthetic_loaders(n_neurons=(3, 4, 5), n_train=16, n_validation=8, batch_size=8)
+    renamed = {tier: dict(zip(keys, by_key.values())) for tier, by_key in synthetic.items()}
+    model = build("cnn_factorized", renamed)
+    assert list(model.readout) == keys
+    assert model.readout["a.b"].features.shape == (5, 4)
+    prefixes = {k.split(".")[1] for k in model.state_dict() if k.startswith("readout.")}
+    assert prefixes == {"pop", "x_747261696e", "x_612e62"}  # hex of the UTF-8 bytes of "train", "a.b"
+    again = build("cnn_factorized", renamed, hidden_channels=4)
+    again.load_state_dict(model.state_dict())
+    images = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(again.eval()(images, "train"), model.eval()(images, "train"))
+    assert again(images, "pop").shape == (2, 3)

@@ -7,13 +7,67 @@ from torch import nn
 import torch.nn.functional as F
 
 
+# instance attributes every nn.Module sets in __init__ ("training", "_parameters", ...)
+_MODULE_ATTRIBUTES = frozenset(vars(nn.Module()))
+
+
+class PerDataset(nn.Module):
+    """Modules keyed by data_key, which may be any non-empty string.
+
+    ``nn.ModuleDict`` refuses keys with a dot and keys that name one of its attributes
+    (``pop``, ``keys``, ``train``, ...), and data keys are folder names. A key that is not
+    safe as an attribute is stored as ``x_<hex of its UTF-8 bytes>``; the mapping is a pure
+    function of the key, so a state dict saved under one model loads into another built from
+    the same data keys.
+    """
+
+    _ESCAPE = "x_"
+
+    def __init__(self, modules: dict):
+        super().__init__()
+        self._keys: list[str] = []
+        for key, module in modules.items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"data_key {key!r} (expected a non-empty string)")
+            self.add_module(self.module_name(key), module)
+            self._keys.append(key)
+
+    @classmethod
+    def module_name(cls, key: str) -> str:
+        """The attribute name ``key``'s module is stored under (and its state-dict prefix)."""
+        reserved = key.startswith(("_", cls._ESCAPE)) or hasattr(cls, key) or key in _MODULE_ATTRIBUTES
+        if reserved or "." in key:
+            return cls._ESCAPE + key.encode("utf-8").hex()
+        return key
+
+    def __getitem__(self, key: str) -> nn.Module:
+        if key not in self._keys:
+            raise KeyError(f"data_key {key!r} (expected one of {self._keys})")
+        return getattr(self, self.module_name(key))
+
+    def __contains__(self, key) -> bool:
+        return key in self._keys
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def items(self) -> list[tuple[str, nn.Module]]:
+        return [(key, self[key]) for key in self._keys]
+
+
 class Encoder(nn.Module):
     """rates = modulator(elu(readout(core(images), shift=shifter(pupil))) + 1, behavior).
 
     Parameters
     ----------
     core : module (B, C_in, H, W) -> (B, C, H', W') with ``regularizer()``.
-    readouts : data_key -> readout module (maps[, shift] -> (B, N_key)) with ``regularizer()``.
+    readouts : data_key (any non-empty string, see ``PerDataset``) -> readout module (maps[, shift] -> (B, N_key)) with ``regularizer()``.
     shifters : data_key -> Shifter, or None.
     modulators : data_key -> BehaviorModulator, or None.
 
@@ -26,9 +80,9 @@ class Encoder(nn.Module):
         if not readouts:
             raise ValueError("an Encoder needs at least one readout (got none)")
         self.core = core
-        self.readout = nn.ModuleDict(readouts)
-        self.shifter = nn.ModuleDict(shifters) if shifters else None
-        self.modulator = nn.ModuleDict(modulators) if modulators else None
+        self.readout = PerDataset(readouts)
+        self.shifter = PerDataset(shifters) if shifters else None
+        self.modulator = PerDataset(modulators) if modulators else None
         for name, extra in (("shifter", shifters), ("modulator", modulators)):
             if extra and set(extra) != set(readouts):
                 raise ValueError(f"{name} data keys {sorted(extra)} differ from the readouts' {sorted(readouts)}")

@@ -42,7 +42,7 @@ MODELS = {
     "cnn_factorized": ("cnn_factorized", {**CORE, "hidden_channels": 32, "gamma_readout": 1e-4}),
     "rotation_factorized": (
         "rotation_factorized",
-        {**CORE, "features": 4, "rotations": 8, "basis_order": 6, "gamma_readout": 1e-4},
+        {**CORE, "features": 4, "rotations": 8, "gamma_readout": 1e-4},
     ),
     "cnn_gaussian": ("cnn_gaussian", {**CORE, "hidden_channels": 32, "gamma_readout": 1e-4}),
     # the Sensorium+ baseline: for populations with behaviour (--behavior)

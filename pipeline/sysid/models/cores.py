@@ -6,7 +6,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .hermite import hermite_basis
+from .steerable import steerable_basis
 from .regularizers import group_sparsity, laplace_smoothness
 
 
@@ -73,7 +73,7 @@ class StackedCNNCore(nn.Module):
 class RotationEquivariantCore(nn.Module):
     """Convolutions whose filters are shared across ``rotations`` angles (Ecker et al. 2019).
 
-    Every filter is a combination of steerable Hermite-Gaussian functions; each of the
+    Every filter is a combination of steerable ring harmonics (``steerable_basis``); each of the
     ``features`` filters of a layer is applied at every rotation, giving ``features *
     rotations`` maps, ordered feature-major: channel ``f * rotations + r`` is feature ``f`` at
     angle ``2 pi r / rotations``. Later layers read all rotations of the previous layer and
@@ -89,7 +89,6 @@ class RotationEquivariantCore(nn.Module):
     rotations : angles each filter is applied at.
     layers : number of layers.
     input_kernel, hidden_kernel : odd filter sizes.
-    basis_order : degrees of the Hermite basis (order * (order + 1) / 2 functions per filter).
     pad_input : "same" first layer; otherwise "valid".
     gamma_input, gamma_hidden : Laplace smoothness of the first layer's filters, group sparsity
         of the later layers' filters.
@@ -105,7 +104,6 @@ class RotationEquivariantCore(nn.Module):
         layers: int = 3,
         input_kernel: int = 9,
         hidden_kernel: int = 7,
-        basis_order: int = 4,
         pad_input: bool = False,
         gamma_input: float = 1.0,
         gamma_hidden: float = 0.0,
@@ -123,7 +121,7 @@ class RotationEquivariantCore(nn.Module):
         self.norms = nn.ModuleList()
         for i in range(layers):
             kernel = input_kernel if i == 0 else hidden_kernel
-            basis = torch.from_numpy(hermite_basis(kernel, basis_order, rotations))
+            basis = torch.from_numpy(steerable_basis(kernel, rotations))
             self.register_buffer(f"basis{i}", basis, persistent=False)
             n_basis = basis.shape[1]
             if i == 0:

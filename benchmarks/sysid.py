@@ -75,9 +75,10 @@ def simulate(folder: Path, args) -> Path:
         height=args.height,
         width=args.width,
         with_behavior=args.behavior,
+        n_types=args.types,
         overwrite=True,
     )
-    print(f"simulated {args.neurons} neurons, {args.train} train images of {args.height} x {args.width} "
+    print(f"simulated {args.neurons} neurons of {args.types} feature types, {args.train} train images of {args.height} x {args.width} "
           f"in {time.perf_counter() - started:.0f} s -> {path}")
     return Path(path)
 
@@ -169,6 +170,8 @@ def main(argv=None) -> int:
     parser.add_argument("--height", type=int, default=18)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--behavior", action="store_true", help="simulate running, pupil and eye movements")
+    parser.add_argument("--types", type=int, default=4,
+                        help="feature types the neurons share at their own orientations (= --neurons: none shared)")
     parser.add_argument("--max-epochs", type=int, default=TRAINER["max_epochs"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--train-fraction", type=float, default=1.0, help="train on this fraction of the train tier")

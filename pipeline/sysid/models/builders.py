@@ -117,7 +117,7 @@ def rotation_factorized(
     seed: int,
     *,
     features: int = 4,
-    rotations: int = 8,
+    rotations: int = 16,
     layers: int = 3,
     input_kernel: int = 9,
     hidden_kernel: int = 7,
@@ -126,7 +126,12 @@ def rotation_factorized(
     gamma_hidden: float = 0.0,
     gamma_readout: float = 1e-4,
 ) -> Encoder:
-    """Rotation-equivariant core (Ecker et al. 2019) + factorized readout."""
+    """Rotation-equivariant core (Ecker et al. 2019) + factorized readout.
+
+    The default, 4 features x 16 rotations (64 maps, 22.5-degree steps), beat a 64-channel
+    CNN core on a simulated population whose neurons share features across orientations;
+    Ecker et al.'s 8 rotations leave a feature only 4 orientations in 180 degrees.
+    """
     shapes, channels = _seeded_shapes(dataloaders, seed)
     core = RotationEquivariantCore(
         channels,

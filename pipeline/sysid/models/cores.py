@@ -100,7 +100,7 @@ class RotationEquivariantCore(nn.Module):
         self,
         input_channels: int = 1,
         features: int = 4,
-        rotations: int = 8,
+        rotations: int = 16,
         layers: int = 3,
         input_kernel: int = 9,
         hidden_kernel: int = 7,

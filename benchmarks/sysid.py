@@ -269,7 +269,8 @@ def print_report(report: dict) -> None:
             extra = ""
             if name == "rotation_minus_cnn":
                 extra = f", {t['feature_maps'][0]} vs {t['feature_maps'][1]} maps, better on {t['fraction_of_neurons_better']:.0%} of neurons"
-            print(f"  {name:28s} {t['value']:+.3f}{extra}  target {t['target']}: {'met' if t['met'] else 'NOT met'}")
+            value = f"{t['value']:.3f}" if name.endswith("_over_oracle") else f"{t['value']:+.3f}"
+            print(f"  {name:28s} {value}{extra}  target {t['target']}: {'met' if t['met'] else 'NOT met'}")
     peer = report.get("peer")
     if peer:
         print(f"\nGaussian-readout baseline vs neuralpredictors 0.3.0 ({peer['epochs']} epochs, batch {peer['batch_size']}):")

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .steerable import steerable_basis
 from .regularizers import group_sparsity, laplace_smoothness
+from .steerable import steerable_basis
 
 
 class StackedCNNCore(nn.Module):

@@ -54,12 +54,6 @@ class PerDataset(nn.Module):
     def __len__(self) -> int:
         return len(self._keys)
 
-    def keys(self) -> list[str]:
-        return list(self._keys)
-
-    def items(self) -> list[tuple[str, nn.Module]]:
-        return [(key, self[key]) for key in self._keys]
-
 
 class Encoder(nn.Module):
     """rates = modulator(elu(readout(core(images), shift=shifter(pupil))) + 1, behavior).

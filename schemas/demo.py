@@ -9,7 +9,6 @@ rerunning it (after Ctrl-C, say) computes only what is missing.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -324,32 +323,3 @@ def run_demo(prefix: str | None = None, *, size: str = "full", seed: int = 0, wo
     print(f"\n[demo] done in {summary['seconds']:.0f} s; {len(errors)} job error(s). "
           f"`pipeline status` shows every table; notebooks/ explore the results.", flush=True)
     return summary
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import database
-
-    if database.user_gave_host() and args.prefix is None:
-        print("pipeline demo: a lab server is configured (DJ_HOST / datajoint.json); give the demo schemas of "
-              "its own there, e.g. `pipeline --prefix demo_ demo`", file=sys.stderr)
-        return 2
-    summary = run_demo(args.prefix, size=args.size, seed=args.seed, workers=args.workers)
-    return 1 if summary["errors"] else 0
-
-
-def add_commands(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="run the main job end to end on a simulated experiment",
-        description=(
-            "Simulate a scan of cells viewing natural images (with behaviour) and a population "
-            "dataset, populate every table from ScanInfo to TrainedModel and Score, and print "
-            "the results against the simulation's ground truth. Rerunning computes only what is "
-            "missing."
-        ),
-    )
-    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="data size (default: full)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the simulation (default: 0)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="populate through N worker processes (default: 1, in this process)")
-    parser.set_defaults(func=_cmd_demo)

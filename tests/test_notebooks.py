@@ -21,6 +21,8 @@ from nbclient import NotebookClient
 
 import schemas
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 

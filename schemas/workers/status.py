@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any, Sequence
 
 from .controller import _interval, _now, refresh_queue
-from .registry import Worker, key_json
+from .registry import Worker
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -27,27 +28,78 @@ def _format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def table_status(tables: Sequence[type]) -> list[dict]:
-    """Per table: rows, keys to do, and job counts (pending, reserved, error)."""
+    """Per table: rows, keys ready and to do, job counts, and the upstream tables it waits on.
+
+    A table whose parents are not populated yet has no key ready, which ``progress()`` reports
+    as nothing left to do; ``waiting_on`` names the upstream tables (of ``tables``) that still
+    have work, so that such a table is not shown as complete.
+    """
     import schemas
 
     prefix = schemas.active_prefix() or ""
     out = []
+    unfinished: dict[str, str] = {}  # full name -> class name of tables with work left, in dependency order
     for cls in tables:
         table = cls()
         stage = table.database[len(prefix):] if table.database.startswith(prefix) else table.database
         remaining, total = table.progress()
-        counts = table.jobs.progress()
-        out.append(dict(table=f"{stage}.{cls.__name__}", rows=len(table),
-                        total=total, remaining=remaining, pending=counts["pending"], reserved=counts["reserved"],
-                        error=counts["error"]))
+        jobs = table.jobs
+        counts = jobs.progress() if jobs.is_declared else {"pending": 0, "reserved": 0, "error": 0}
+        ancestors = set(table.ancestors())
+        waiting = [name for full_name, name in unfinished.items() if full_name in ancestors]
+        if remaining or counts["pending"] or counts["reserved"] or waiting:
+            unfinished[table.full_table_name] = cls.__name__
+        out.append(dict(table=f"{stage}.{cls.__name__}", rows=len(table), total=total, remaining=remaining,
+                        pending=counts["pending"], reserved=counts["reserved"], error=counts["error"],
+                        waiting_on=waiting))
     return out
+
+
+def _progress(row: dict) -> str:
+    done = row["total"] - row["remaining"]
+    bar = _bar(done / row["total"] if row["total"] else (0.0 if row["waiting_on"] else 1.0))
+    text = f"{bar} {done}/{row['total']}"
+    if row["waiting_on"]:
+        text += f" (waiting on {', '.join(row['waiting_on'])})"
+    return text
+
+
+_PARAMETER_NAMES: dict[tuple[str, str], str] = {}
+
+
+def describe_key(key: dict) -> str:
+    """A job's key as people read it: parameter-set hashes become ``builder#abc123``.
+
+    Every parameter table is keyed by ``<name>_hash`` with a ``builder`` column
+    (``schemas.params``); a key of a trained model is five of them, 160 hex characters that say
+    nothing. The builder's short name and the first six hex digits say which set it is.
+    """
+    import schemas
+
+    parts = []
+    for name, value in key.items():
+        if name.endswith("_hash") and isinstance(value, str):
+            label = _PARAMETER_NAMES.get((name, value))
+            if label is None:
+                label = f"#{value[:6]}"
+                for cls in schemas.tables():
+                    if cls.primary_key == [name] and "builder" in cls.heading.names:
+                        rows = (cls & {name: value}).to_dicts()
+                        if rows:
+                            label = f"{rows[0]['builder'].rsplit('.', 1)[-1]}#{value[:6]}"
+                        break
+                _PARAMETER_NAMES[(name, value)] = label
+            parts.append(f"{name[: -len('_hash')]}={label}")
+        else:
+            parts.append(f"{name}={value}")
+    return " ".join(parts)
 
 
 def live_workers(heartbeat_timeout: float) -> list[dict]:
     """Workers whose heartbeat is younger than ``heartbeat_timeout``, with seconds since it."""
     connection = Worker.connection
     fresh = f"last_seen >= {_now(connection)} - {_interval(connection, heartbeat_timeout)}"
-    rows = (Worker & f"status in ('idle', 'busy', 'stopping')" & fresh).to_dicts(order_by="host, pid")
+    rows = (Worker & "status in ('idle', 'busy', 'stopping')" & fresh).to_dicts(order_by="host, pid")
     # PostgreSQL returns an aware time; the column holds it as a naive time in the session zone
     now = connection.query(f"SELECT {_now(connection)}").fetchone()[0].replace(tzinfo=None)
     for row in rows:
@@ -73,8 +125,7 @@ def status_report(tables: Sequence[type], heartbeat_timeout: float = 60.0, n_err
     stats = table_status(tables)
     parts = [_format_table(
         ["TABLE", "ROWS", "PENDING", "RESERVED", "ERRORS", "PROGRESS"],
-        [(s["table"], s["rows"], s["pending"], s["reserved"], s["error"],
-          _bar((s["total"] - s["remaining"]) / s["total"] if s["total"] else 1.0)) for s in stats],
+        [(s["table"], s["rows"], s["pending"], s["reserved"], s["error"], _progress(s)) for s in stats],
     )]
     workers = live_workers(heartbeat_timeout)
     lost = len(Worker & "status='lost'")
@@ -83,16 +134,26 @@ def status_report(tables: Sequence[type], heartbeat_timeout: float = 60.0, n_err
         parts.append(_format_table(
             ["HOST", "PID", "GPU", "STATUS", "SEEN", "DONE", "FAILED", "CURRENT JOB"],
             [(w["host"], w["pid"], w["gpu"] or "cpu", w["status"], f"{w['seconds_since']:.0f}s ago", w["jobs_done"],
-              w["jobs_failed"], f"{w['current_table']} {w['current_key']}".strip()) for w in workers],
+              w["jobs_failed"], _current_job(w)) for w in workers],
         ))
     errors = latest_errors(tables, n_errors)
     if errors:
         parts.append("\nLATEST ERRORS")
         parts.append(_format_table(
             ["TABLE", "KEY", "WHEN", "MESSAGE"],
-            [(e["table"], key_json(e["key"]), e["time"], (e["message"] or "")[:100]) for e in errors],
+            [(e["table"], describe_key(e["key"]), e["time"], (e["message"] or "")[:100]) for e in errors],
         ))
     return "\n".join(parts)
+
+
+def _current_job(worker: dict) -> str:
+    if not worker["current_key"]:
+        return ""
+    try:
+        key = json.loads(worker["current_key"])
+    except ValueError:  # cut at the column's width
+        return f"{worker['current_table']} {worker['current_key'][:80]}"
+    return f"{worker['current_table']} {describe_key(key)}"
 
 
 def status_data(tables: Sequence[type], heartbeat_timeout: float = 60.0, n_errors: int = 5) -> dict:

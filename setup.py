@@ -27,6 +27,7 @@ setup(
         "h5py>=3.9,<4",
         "platformdirs>=3,<5",
         "tqdm>=4.65,<5",
+        "matplotlib>=3.7,<4",  # pipeline report, the notebooks' figures
         "numba>=0.59,<0.63",  # spikes: the O(T) AR(1) deconvolution loop
     ],
     extras_require={

@@ -1,7 +1,7 @@
 """The ``pipeline`` command: the one owner of the command line (nothing imports this module).
 
 Subcommands: ``db``, ``demo``, ``worker``, ``controller``, ``launch``, ``status``, ``jobs``,
-``reproduce``. Each parses its arguments here and calls a function of a stage or of
+``reproduce``, ``report``. Each parses its arguments here and calls a function of a stage or of
 ``schemas.workers``. Restrictions on the command line are ``attr=value`` pairs, checked against
 the table they restrict and typed by its heading (``schemas.restrictions``), handed to
 DataJoint as dicts, never pasted into SQL. Errors the user can fix are one line on stderr with
@@ -241,6 +241,25 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- report --------------------------------------------------------------------------------------
+
+
+def _report(args: argparse.Namespace) -> int:
+    import schemas
+
+    from . import imaging, report, sysid
+    from .restrictions import typed_restriction
+
+    schemas.activate(args.prefix)
+    kind = args.kind or ("model" if any(p.split("=")[0] in sysid.TrainedModel.heading.names
+                                        and p.split("=")[0] not in imaging.Scan.heading.names for p in args.key)
+                         else "scan")
+    table = sysid.TrainedModel if kind == "model" else imaging.Traces
+    path = report.write_report(typed_restriction(table, args.key), args.out, kind=kind, device=args.device)
+    print(f"wrote {path}")
+    return 0
+
+
 # -- the parser ----------------------------------------------------------------------------------
 
 
@@ -382,6 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     reproduce.add_argument("--tolerance", type=float, default=REPRODUCE_TOLERANCE, help="allowed score difference")
     reproduce.set_defaults(func=_reproduce)
+
+    report = sub.add_parser(
+        "report", help="a one-page summary (PNG or HTML) of a scan or a trained model",
+        description="Draw the processing of one scan (cells over the mean image, correlation image, motion, "
+        "traces) or one trained model (learning curve, per-unit scores, predicted vs recorded responses, "
+        "readout positions) into --out (.png or .html).",
+    )
+    report.add_argument("key", nargs="+", metavar="KEY", help="attr=value restriction naming one scan or model")
+    report.add_argument("--out", default="report.png", help="file to write, .png or .html (default report.png)")
+    report.add_argument("--kind", choices=["scan", "model"], help="default: model when KEY names model attributes")
+    report.add_argument("--device", default="cpu", help="device for a model's predictions (default cpu)")
+    report.set_defaults(func=_report)
     return parser
 
 
@@ -403,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import schemas
 
     from .database import DatabaseUnavailable
+    from .report import ReportError
     from .restrictions import RestrictionError
     from .workers.selection import SelectionError
 
@@ -413,7 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         sys.stdout.flush()
         return code
-    except (DatabaseUnavailable, RestrictionError, SelectionError, schemas.PrefixError, schemas.SchemasMissing) as error:
+    except (DatabaseUnavailable, RestrictionError, SelectionError, ReportError, schemas.PrefixError,
+            schemas.SchemasMissing) as error:
         print(f"pipeline {args.command}: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:

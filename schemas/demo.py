@@ -323,3 +323,34 @@ def run_demo(prefix: str | None = None, *, size: str = "full", seed: int = 0, wo
     print(f"\n[demo] done in {summary['seconds']:.0f} s; {len(errors)} job error(s). "
           f"`pipeline status` shows every table; notebooks/ explore the results.", flush=True)
     return summary
+
+
+def simulation_of_scan(key: dict):
+    """The simulated experiment behind a demo scan (its ground truth), or None for a recorded scan.
+
+    A demo scan's note says which simulation made it (``demo <size> seed <seed>``).
+    """
+    import re
+
+    from . import imaging
+
+    note = (imaging.Scan & key).fetch1("note")
+    found = re.fullmatch(r"demo (\w+) seed (\d+)", note or "")
+    if not found or found.group(1) not in SIZES:
+        return None
+    return simulated_experiment(SIZES[found.group(1)], int(found.group(2)))
+
+
+def oracle_of_dataset(dataset_id: str) -> dict | None:
+    """The oracle scores (noiseless rates) of a demo population dataset, or None for any other dataset."""
+    import re
+
+    from pipeline.simulation.population import oracle_scores
+
+    from . import sysid
+
+    note = (sysid.Dataset & {"dataset_id": dataset_id}).fetch1("note")
+    found = re.fullmatch(r"demo (\w+) seed (\d+)", note or "")
+    if dataset_id != POPULATION_DATASET or not found or found.group(1) not in SIZES:
+        return None
+    return oracle_scores(population_folder(found.group(1), int(found.group(2))))

@@ -162,7 +162,10 @@ def local_path(ref) -> Path:
     if target.exists() and stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
         return target
     _download(ref, entry, target)
-    stamp_file.write_text(json.dumps(stamp))
+    # written aside and renamed: a stamp is whole or absent, never half-written
+    partial = entry / f".stamp-{os.getpid()}-{time.monotonic_ns()}"
+    partial.write_text(json.dumps(stamp))
+    os.replace(partial, stamp_file)
     return target
 
 
@@ -190,9 +193,8 @@ def _download(ref, entry: Path, target: Path) -> None:
             copy = staging / target.name if (staging / target.name).is_dir() else staging
         else:
             copy = ref.download(staging / target.name)
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(copy, target)
+        if not target.is_dir():  # a folder object never changes: a copy in place is complete
+            os.replace(copy, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -294,7 +296,10 @@ def _collect_store(collector: dj.gc.GarbageCollector, min_age: float, dry_run: b
     orphans = [(p, "hash") for p in scan["orphaned_hash_paths"]] + [(p, "schema") for p in scan["orphaned_schema_paths"]]
     for path, section in orphans:
         out["orphaned"].append(path)
-        info = backend.fs.info(backend._full_path(path))
+        try:
+            info = backend.fs.info(backend._full_path(path))
+        except FileNotFoundError:  # renamed or removed since the listing (a finished write)
+            continue
         if now - _modified(info) < min_age:
             out["kept"].append(path)
             continue

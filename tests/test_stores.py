@@ -138,7 +138,7 @@ def s3_server():
         "access_key": "test", "secret_key": "test", "secure": False,
     }
     fs = s3fs.S3FileSystem(key="test", secret="test", client_kwargs={"endpoint_url": f"http://{host}:{port}"})
-    fs.mkdir("lab-raw")
+    fs.makedirs("lab-raw", exist_ok=True)  # moto keeps buckets in-process across server restarts
     yield fs, spec
     server.stop()
 

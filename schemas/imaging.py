@@ -126,8 +126,9 @@ def insert_simulated_scan(experiment, key: dict, *, image_id_offset: int = 0, no
 
     Writes its movie as a ScanImage-like TIFF into the raw store, in a folder of this
     server and prefix (``simulated/<schema>-<server hash>/<key>.tif``: databases sharing a
-    raw store never overwrite each other's simulations), and inserts ``Scan``, the stimulus images (``image_id = image_id_offset + i``), the
-    ``Trial`` rows and ``Behavior``. Idempotent: an existing scan is left as it is.
+    raw store never overwrite each other's simulations), and inserts ``Scan``, the stimulus
+    images (``image_id = image_id_offset + i``), the ``Trial`` rows and ``Behavior``.
+    Idempotent: an existing scan is left as it is.
 
     Returns
     -------
@@ -193,7 +194,8 @@ def _scan_file(key: dict) -> dict:
     except FileNotFoundError:
         path = None
     if path is None or not path.is_file():
-        raise MovieFileError(f"{describe(key)}: file {ref.path!r} not found in the raw store (expected {path or ref.path})")
+        expected = path or ref.path
+        raise MovieFileError(f"{describe(key)}: file {ref.path!r} not found in the raw store (expected {expected})")
     if ScanInfo & key:
         _check_unchanged(key, ref.path, path)
     return {

@@ -16,7 +16,7 @@ from pipeline.simulation.population import simulate_population
 from schemas import database, imaging, stores, sysid
 from tests.imaging_helpers import populate_small_scan
 
-POPULATION = dict(n_neurons=6, n_train=20, n_validation=6, n_test_images=4, repeats=2, height=8, width=8)
+POPULATION = {"n_neurons": 6, "n_train": 20, "n_validation": 6, "n_test_images": 4, "repeats": 2, "height": 8, "width": 8}
 DAY = 24 * 3600
 
 

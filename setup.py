@@ -39,7 +39,12 @@ setup(
             "ipykernel>=6.25,<8",
             "matplotlib>=3.7,<4",
             "submitit>=1.5,<2",  # the SLURM launch path is tested through submitit's local executor
+            # a remote raw store is tested against a real S3 server on localhost (moto's server)
+            "moto[server]>=5.1,<6",
+            "s3fs>=2024.6,<2027",
         ],
+        # stores on S3/MinIO (DataJoint reaches them through fsspec's s3fs)
+        "s3": ["s3fs>=2024.6,<2027"],
         "slurm": ["submitit>=1.5,<2"],
     },
     entry_points={"console_scripts": ["pipeline=schemas.cli:main"]},

@@ -1,7 +1,7 @@
 """The ``pipeline`` command: the one owner of the command line (nothing imports this module).
 
 Subcommands: ``db``, ``demo``, ``worker``, ``controller``, ``launch``, ``status``, ``jobs``,
-``reproduce``, ``report``. Each parses its arguments here and calls a function of a stage or of
+``reproduce``, ``report``, ``gc``. Each parses its arguments here and calls a function of a stage or of
 ``schemas.workers``. Restrictions on the command line are ``attr=value`` pairs, checked against
 the table they restrict and typed by its heading (``schemas.restrictions``), handed to
 DataJoint as dicts, never pasted into SQL. Errors the user can fix are one line on stderr with
@@ -241,6 +241,24 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- gc ------------------------------------------------------------------------------------------
+
+
+def _gc(args: argparse.Namespace) -> int:
+    import schemas
+
+    from . import stores
+
+    schemas.activate(args.prefix)
+    reports = stores.collect_garbage(grace=args.grace, dry_run=args.dry_run, stores=tuple(args.store) or None)
+    verb = "would delete" if args.dry_run else "deleted"
+    for name, report in reports.items():
+        print(f"{name}: {len(report['orphaned'])} unreferenced, {verb} {len(report['deleted'])} "
+              f"({report['bytes_freed'] / 1e6:.1f} MB), kept {len(report['kept'])} younger than "
+              f"{report['min_age']:.0f} s")
+    return 0
+
+
 # -- report --------------------------------------------------------------------------------------
 
 
@@ -401,6 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     reproduce.add_argument("--tolerance", type=float, default=REPRODUCE_TOLERANCE, help="allowed score difference")
     reproduce.set_defaults(func=_reproduce)
+
+    gc = sub.add_parser(
+        "gc", help="remove stored files that no row references (safe while workers run)",
+        description="Remove files of every store (raw, movies, models) that no row references, once older than "
+        "--grace seconds and older than the oldest reserved job (an insert in progress writes its files first).",
+    )
+    gc.add_argument("--grace", type=float, default=None,
+                    help="seconds a file must be old to go (default $PIPELINE_GC_GRACE, else one day)")
+    gc.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+    gc.add_argument("--store", action="append", default=[], metavar="NAME", help="only this store (repeatable)")
+    gc.set_defaults(func=_gc)
 
     report = sub.add_parser(
         "report", help="a one-page summary (PNG or HTML) of a scan or a trained model",

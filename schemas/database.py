@@ -208,13 +208,23 @@ def target(*, start: bool = True) -> Target:
 
 
 def configure_stores() -> dict[str, dict]:
-    """Give every named store a folder in the pipeline home unless DataJoint's settings set it."""
+    """Give every named store a folder in the pipeline home unless DataJoint's settings set it.
+
+    Files written from then on follow ``$PIPELINE_STORE_PERMISSIONS`` (default private: 0600,
+    folders 0700; see ``schemas.stores.apply_permissions``).
+    """
+    from . import stores as store_files
+
     stores = dict(dj.config.stores)
+    own = []
     for name in STORES:
+        location = home() / "stores" / name
         if name not in stores:
-            location = home() / "stores" / name
             location.mkdir(parents=True, exist_ok=True)
             stores[name] = {"protocol": "file", "location": str(location)}
+        if stores[name].get("location") == str(location):
+            own += [location.parent, location]
+    store_files.apply_permissions(own)
     dj.config.stores = stores
     return {name: stores[name] for name in STORES}
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import datajoint as dj
 import numpy as np
 
-from schemas import params
+from schemas import params, stores
 
 schema = dj.Schema()
 
@@ -125,9 +124,11 @@ def raw_store_location() -> Path:
 def insert_simulated_scan(experiment, key: dict, *, image_id_offset: int = 0, note: str = "simulated") -> dict:
     """Register a simulated experiment (``pipeline.simulation.experiment``) as a scan.
 
-    Writes its movie as a ScanImage-like TIFF into the raw store (``simulated/<key>.tif``)
-    and inserts ``Scan``, the stimulus images (``image_id = image_id_offset + i``), the
-    ``Trial`` rows and ``Behavior``. Idempotent: an existing scan is left as it is.
+    Writes its movie as a ScanImage-like TIFF into the raw store, in a folder of this
+    server and prefix (``simulated/<schema>-<server hash>/<key>.tif``: databases sharing a
+    raw store never overwrite each other's simulations), and inserts ``Scan``, the stimulus
+    images (``image_id = image_id_offset + i``), the ``Trial`` rows and ``Behavior``.
+    Idempotent: an existing scan is left as it is.
 
     Returns
     -------
@@ -137,7 +138,8 @@ def insert_simulated_scan(experiment, key: dict, *, image_id_offset: int = 0, no
     key = {"animal_id": int(key["animal_id"]), "session": int(key["session"]), "scan_idx": int(key["scan_idx"])}
     if Scan & key:
         return key
-    relative = f"simulated/{key['animal_id']}_{key['session']}_{key['scan_idx']}.tif"
+    folder = stores.database_folder(schema)
+    relative = f"simulated/{folder}/{key['animal_id']}_{key['session']}_{key['scan_idx']}.tif"
     path = raw_store_location() / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     experiment.write_tiff(path)
@@ -169,26 +171,33 @@ def insert_simulated_scan(experiment, key: dict, *, image_id_offset: int = 0, no
 # ---------------------------------------------------------------------------------------------
 
 
+class RawFileChanged(Exception):
+    """A scan's raw file is not the file that ``ScanInfo`` read (replaced, cut or appended to)."""
+
+
 def _scan_file(key: dict) -> dict:
-    """Local path and reading options of a scan's file."""
+    """Local path and reading options of a scan's file, checked against what ScanInfo recorded.
+
+    Raises
+    ------
+    MovieFileError
+        If the file is not in the raw store.
+    RawFileChanged
+        If ``ScanInfo`` has a row for the scan and the file's size or digest differ from it.
+    """
     from pipeline.imaging.io import MovieFileError
 
     row = (Scan & key).fetch1()
     ref = row["filename"]
-    path = None
     try:
-        fs_protocol = ref.fs.protocol
-        local = "file" in (fs_protocol if isinstance(fs_protocol, (tuple, list)) else (fs_protocol,))
-    except Exception:
-        local = False
-    if local:
-        path = Path(ref.full_path)
-        if not path.is_file():
-            raise MovieFileError(f"{describe(key)}: file {ref.path!r} not found in the raw store (expected {path})")
-    else:  # a remote store: fetch a local copy
-        if not ref.exists():
-            raise MovieFileError(f"{describe(key)}: file {ref.path!r} not found in the raw store")
-        path = ref.download(Path(tempfile.mkdtemp(prefix="scan_")))
+        path = stores.local_path(ref)
+    except FileNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        expected = path or ref.path
+        raise MovieFileError(f"{describe(key)}: file {ref.path!r} not found in the raw store (expected {expected})")
+    if ScanInfo & key:
+        _check_unchanged(key, ref.path, path)
     return {
         "path": str(path),
         "channel": int(row["channel"]),
@@ -196,6 +205,19 @@ def _scan_file(key: dict) -> dict:
         "axes": row["axes"] or None,
         "frame_rate": row["frame_rate"],
     }
+
+
+def _check_unchanged(key: dict, name: str, path: Path) -> None:
+    """Raise ``RawFileChanged`` if the file at ``path`` is not the one ScanInfo fingerprinted."""
+    expected = (ScanInfo & key).fetch1("file_size", "file_digest")
+    found = stores.file_fingerprint(path)
+    if (int(expected[0]), expected[1]) != found:
+        raise RawFileChanged(
+            f"{describe(key)}: raw file {name!r} changed since ScanInfo read it (size {found[0]} bytes, "
+            f"digest {found[1]}; expected {int(expected[0])} bytes, digest {expected[1]}): restore the "
+            "original file, or delete this scan's ScanInfo row (and what was computed from it) to "
+            "process the new one"
+        )
 
 
 def _scan_error(key: dict, error: Exception) -> Exception:
@@ -223,6 +245,8 @@ class ScanInfo(dj.Imported):
     fps          : float64            # volume rate, Hz
     um_per_pixel = null : float64
     software     : varchar(64)
+    file_size    : int64              # bytes of the raw file when read
+    file_digest  : char(32)           # schemas.stores.file_fingerprint: checked before every later read
     """
 
     def make(self, key):
@@ -230,6 +254,7 @@ class ScanInfo(dj.Imported):
         from pipeline.imaging.scan import scan_info
 
         scan = _scan_file(key)
+        file_size, file_digest = stores.file_fingerprint(scan["path"])
         try:
             info = scan_info(scan["path"], channel=scan["channel"], field=scan["field"], axes=scan["axes"])
         except (MovieFileError, OSError, ValueError) as error:
@@ -265,6 +290,8 @@ class ScanInfo(dj.Imported):
                 "fps": float(fps),
                 "um_per_pixel": None if info.um_per_pixel is None else float(info.um_per_pixel),
                 "software": info.software[:64],
+                "file_size": file_size,
+                "file_digest": file_digest,
             }
         )
 

@@ -8,12 +8,11 @@ weights are a CPU state dict in the ``models`` store, and ``reproduce(key)`` reb
 
 Deleting a ``TrainedModel`` or ``Dataset`` through its ``delete()`` removes its stored files.
 Rows removed by a cascade from further upstream (e.g. deleting a ``ModelConfig``) leave files
-behind: ``collect_garbage()`` removes every file of this schema that no row references.
+behind: ``schemas.stores.collect_garbage()`` removes every stored file that no row references.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -23,7 +22,7 @@ from typing import Any
 import datajoint as dj
 import numpy as np
 
-from . import imaging, params, spikes
+from . import imaging, params, spikes, stores
 
 schema = dj.Schema()
 
@@ -33,19 +32,6 @@ REPRODUCE_TOLERANCE = 1e-5
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
-
-
-def _local_folder(ref) -> str:
-    """A local path of a stored folder: the store's own path for a file store, else a cached download."""
-    backend = ref._backend if getattr(ref, "_backend", None) is not None else None
-    if backend is not None and backend.protocol == "file":
-        return str(Path(ref.full_path))
-    from . import database
-
-    cache = database.home() / "cache" / "datasets" / hashlib.sha256(ref.path.encode()).hexdigest()[:16]
-    if not (cache / "meta").is_dir():
-        ref.download(cache)
-    return str(cache)
 
 
 # --------------------------------------------------------------------------------------- #
@@ -219,6 +205,7 @@ def import_filetree(path: str | os.PathLike, dataset_id: str, note: str = "") ->
         raise ValueError(f"dataset_id {dataset_id!r} (expected 1 to 64 characters)")
     tree = data.read_filetree(path)
     Dataset.insert1({**_dataset_row(tree, dataset_id, "filetree", note), "filetree": str(Path(path))})
+    stores.follow_permissions((Dataset & {"dataset_id": dataset_id}).fetch1("filetree"))
     return {"dataset_id": dataset_id}
 
 
@@ -260,6 +247,7 @@ def dataset_from_responses(
                 {**_dataset_row(tree, dataset_id, "trial_responses", note), "filetree": str(folder)}
             )
             DatasetSource.insert1({"dataset_id": dataset_id, **source_key})
+    stores.follow_permissions((Dataset & {"dataset_id": dataset_id}).fetch1("filetree"))
     return {"dataset_id": dataset_id}
 
 
@@ -268,7 +256,7 @@ def export_dataset(key: dict, destination: str | os.PathLike, *, overwrite: bool
     from pipeline.sysid import data
 
     ref = (Dataset & key).fetch1("filetree")
-    return data.export_filetree(_local_folder(ref), destination, overwrite=overwrite)
+    return data.export_filetree(stores.local_path(ref), destination, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------------------- #
@@ -281,7 +269,7 @@ def _builders(key: dict) -> tuple:
     from pipeline.sysid import fitting
 
     dataset_id = (Dataset & key).fetch1("dataset_id")
-    folder = _local_folder((Dataset & key).fetch1("filetree"))
+    folder = str(stores.local_path((Dataset & key).fetch1("filetree")))
     dataset_fn, dataset_config = params.load_config(DatasetConfig, key)
     model_fn, model_config = params.load_config(ModelConfig, key)
     dataset_config = fitting.dataset_config_with_paths(dataset_config, [folder], [dataset_id])
@@ -530,11 +518,3 @@ def _remove_unreferenced(refs: list) -> None:
                 ref._backend.remove_folder(ref.path)
             else:
                 collector.delete_schema_path(ref.path)
-
-
-def collect_garbage(dry_run: bool = False) -> dict[str, dict]:
-    """Remove stored files of this schema that no row references (after cascading deletes).
-
-    Returns the ``dj.gc`` report of each store (``raw``, ``models``).
-    """
-    return {store: dj.gc.GarbageCollector(schema, store=store).collect(dry_run=dry_run) for store in ("raw", "models")}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import re
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
 
 import datajoint as dj
 import numpy as np
@@ -16,6 +20,35 @@ schema = dj.Schema()
 def describe(key: dict) -> str:
     """``Scan 3/1/2`` (animal/session/scan) for error messages."""
     return f"Scan {key['animal_id']}/{key['session']}/{key['scan_idx']}"
+
+
+class ScanError(ValueError):
+    """A scan that a processing step cannot take; the message starts with the scan's name."""
+
+
+def check_raw_filename(filename: Any) -> str:
+    """``filename`` if it is a path inside the raw store, else a ValueError.
+
+    A scan's file is referenced relative to the ``raw`` store's root: an absolute path, a
+    Windows drive or backslash, or a ``..`` component would reach files outside the store (and
+    outside what the lab backs up and shares with every worker).
+
+    Raises
+    ------
+    ValueError
+        Naming the filename and the rule it breaks.
+    """
+    expected = "expected a path relative to the raw store, without '..', e.g. 'mouse7/2024-05-01/scan2.tif'"
+    if not isinstance(filename, str) or not filename.strip():
+        raise ValueError(f"Scan.filename {filename!r} is empty or not a string ({expected})")
+    if "\\" in filename or re.match(r"^[A-Za-z]:", filename):
+        raise ValueError(f"Scan.filename {filename!r} has a backslash or drive letter ({expected})")
+    path = PurePosixPath(filename)
+    if path.is_absolute() or filename.startswith("~"):
+        raise ValueError(f"Scan.filename {filename!r} is an absolute path, outside the raw store ({expected})")
+    if ".." in path.parts:
+        raise ValueError(f"Scan.filename {filename!r} climbs out of the raw store with '..' ({expected})")
+    return filename
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,6 +72,21 @@ class Scan(dj.Manual):
     axes = ""         : varchar(8)       # axes of an HDF5 dataset without labels, e.g. "yxt"
     note = ""         : varchar(1023)
     """
+
+    def insert(self, rows, **kwargs) -> None:
+        """Insert scans after checking that every ``filename`` lies inside the raw store.
+
+        Raises
+        ------
+        ValueError
+            For a filename that is absolute or climbs out of the store (``check_raw_filename``),
+            before anything is inserted.
+        """
+        rows = params.row_dicts(self, rows)
+        for row in rows:
+            if "filename" in row:
+                check_raw_filename(row["filename"])
+        super().insert(rows, **kwargs)
 
 
 @schema
@@ -83,25 +131,25 @@ class Behavior(dj.Manual):
 
 
 @schema
-class MotionParams(dj.Lookup):
+class MotionParams(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("motion", "motion-correction parameters")
     builder_kind = "imaging"
 
 
 @schema
-class PMDParams(dj.Lookup):
+class PMDParams(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("pmd", "PMD denoising parameters")
     builder_kind = "imaging"
 
 
 @schema
-class SegmentationParams(dj.Lookup):
+class SegmentationParams(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("segmentation", "soma segmentation parameters")
     builder_kind = "imaging"
 
 
 @schema
-class TraceParams(dj.Lookup):
+class TraceParams(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("trace", "trace extraction parameters")
     builder_kind = "imaging"
 
@@ -198,10 +246,49 @@ def _scan_file(key: dict) -> dict:
     }
 
 
-def _scan_error(key: dict, error: Exception) -> Exception:
+def finite(key: dict, column: str, value: float) -> float:
+    """``value`` as a float for a non-nullable numeric column; a ScanError if it is NaN or infinite.
+
+    PostgreSQL stores inf and NaN in a float column and MariaDB refuses them (DataError), so a
+    non-finite value would give one scan different results on different servers.
+    """
+    value = float(value)
+    if not math.isfinite(value):
+        raise ScanError(f"{describe(key)}: {column} is {value} (expected a finite number)")
+    return value
+
+
+def snr_gain_column(gain: float) -> float | None:
+    """``Denoised.snr_gain`` of PMD's SNR-gain estimate: None (null) when it is not finite.
+
+    PMD estimates the gain as noise of raw / noise of denoised; a scan without signal keeps no
+    component, so the denoised noise is 0 and the ratio is inf. It is stored as null on every
+    backend (PostgreSQL would store inf, MariaDB refuses it); ``Denoised.load`` gives inf back.
+    """
+    gain = float(gain)
+    return gain if math.isfinite(gain) else None
+
+
+@contextlib.contextmanager
+def naming_scan(key: dict) -> Iterator[None]:
+    """Re-raise the input errors of one scan's step with the scan's name in front.
+
+    ``pipeline`` functions know arrays, not keys: their ``ValueError``s (and a file's
+    ``OSError``) say what value was bad and what was expected. Every make() that processes a
+    scan runs them inside this block, so that the jobs table says which scan it was:
+    ``Scan 3/1/2: movie has shape (1, 40, 40) (expected at least 2 frames ...)``. A file
+    error stays a ``MovieFileError``; any other becomes a :class:`ScanError`.
+    """
     from pipeline.imaging.io import MovieFileError
 
-    return MovieFileError(f"{describe(key)}: {error}")
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        message = str(error)
+        if message.startswith(describe(key)):  # named already (a nested step)
+            raise
+        kind = MovieFileError if isinstance(error, (MovieFileError, OSError)) else ScanError
+        raise kind(f"{describe(key)}: {message}") from error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,10 +317,8 @@ class ScanInfo(dj.Imported):
         from pipeline.imaging.scan import scan_info
 
         scan = _scan_file(key)
-        try:
+        with naming_scan(key):
             info = scan_info(scan["path"], channel=scan["channel"], field=scan["field"], axes=scan["axes"])
-        except (MovieFileError, OSError, ValueError) as error:
-            raise _scan_error(key, error) from None
         fps = info.fps or scan["frame_rate"]
         if not fps or not np.isfinite(fps) or fps <= 0:
             raise MovieFileError(
@@ -290,11 +375,9 @@ class MotionCorrection(dj.Computed):
         from pipeline.imaging.scan import read_scan
 
         builder, _ = params.load_config(MotionParams, key)
-        try:
+        with naming_scan(key):
             movie = read_scan(scan["path"], channel=scan["channel"], field=scan["field"], axes=scan["axes"])
-        except (OSError, ValueError) as error:
-            raise _scan_error(key, error) from None
-        template, shifts = builder(movie, **config)
+            template, shifts = builder(movie, **config)
         return template, shifts
 
     def make_insert(self, key, template, shifts):
@@ -303,7 +386,7 @@ class MotionCorrection(dj.Computed):
                 **key,
                 "template": np.asarray(template, dtype=np.float32),
                 "shifts": np.asarray(shifts, dtype=np.float32),
-                "max_displacement": float(np.abs(shifts).max()) if len(shifts) else 0.0,
+                "max_displacement": finite(key, "MotionCorrection.max_displacement", np.abs(shifts).max() if len(shifts) else 0.0),
             }
         )
 
@@ -317,7 +400,7 @@ class Denoised(dj.Computed):
     ---
     rank              : int32
     compression_ratio : float64     # bytes of the raw movie / bytes of the factors
-    snr_gain          : float64     # noise of raw / noise of denoised (high-frequency spectrum)
+    snr_gain = null   : float64     # noise of raw / noise of denoised (high-frequency spectrum); null: no component kept
     blocks            : <blob>      # (n_blocks, 5) int64: y0, y1, x0, x1, rank
     info              : <blob>      # (4,) int64: frames, height, width, raw bytes
     spatial           : <npy@movies>  # concatenated spatial factors, float32
@@ -336,11 +419,9 @@ class Denoised(dj.Computed):
         from pipeline.imaging.scan import corrected_movie
 
         builder, _ = params.load_config(PMDParams, key)
-        try:
+        with naming_scan(key):
             movie = corrected_movie(scan["path"], shifts, channel=scan["channel"], field=scan["field"], axes=scan["axes"])
-        except (OSError, ValueError) as error:
-            raise _scan_error(key, error) from None
-        result = builder(movie, **config)
+            result = builder(movie, **config)
         return (result.to_arrays(), result.rank, result.compression_ratio, result.snr_gain_estimate)
 
     def make_insert(self, key, arrays, rank, compression_ratio, snr_gain):
@@ -348,8 +429,8 @@ class Denoised(dj.Computed):
             {
                 **key,
                 "rank": int(rank),
-                "compression_ratio": float(compression_ratio),
-                "snr_gain": float(snr_gain),
+                "compression_ratio": finite(key, "Denoised.compression_ratio", compression_ratio),
+                "snr_gain": snr_gain_column(snr_gain),
                 "blocks": arrays["blocks"],
                 "info": arrays["info"],
                 "spatial": arrays["spatial"],
@@ -373,7 +454,8 @@ class Denoised(dj.Computed):
             "mean": np.asarray(row["mean_image"]),
             "noise": np.asarray(row["noise_image"]),
         }
-        return PMDResult.from_arrays(arrays, snr_gain_estimate=row["snr_gain"])
+        gain = math.inf if row["snr_gain"] is None else row["snr_gain"]  # null stores PMD's inf
+        return PMDResult.from_arrays(arrays, snr_gain_estimate=gain)
 
 
 @schema
@@ -407,7 +489,8 @@ class Segmentation(dj.Computed):
     def make_compute(self, key, denoised_key, config):
         builder, _ = params.load_config(SegmentationParams, key)
         movie = Denoised.load(denoised_key).reconstruct()
-        found = builder(movie, **config)
+        with naming_scan(key):
+            found = builder(movie, **config)
         masks = []
         for i in range(len(found)):
             flat = np.flatnonzero(found.masks[i]).astype(np.int32)
@@ -467,7 +550,8 @@ class Traces(dj.Computed):
         builder, _ = params.load_config(TraceParams, key)
         denoised = Denoised.load(seg_key)
         ids, weights = Segmentation.weights(seg_key, denoised.shape[1:])
-        out = builder(denoised, weights, fps, **config)
+        with naming_scan(key):
+            out = builder(denoised, weights, fps, **config)
         units = [
             {"unit_id": int(i), "fluorescence": out["fluorescence"][k], "dff": out["dff"][k]} for k, i in enumerate(ids)
         ]

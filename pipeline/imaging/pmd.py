@@ -236,7 +236,13 @@ class PMDResult:
         its weighted sum over pixels of ``mean + noise * sum_blocks(w u v)``.
         """
         weights = np.asarray(weights, dtype=np.float32)
+        if weights.ndim != 3 or weights.shape[1:] != tuple(self.shape[1:]):
+            raise ValueError(
+                f"weights have shape {weights.shape} (expected (cells, {self.shape[1]}, {self.shape[2]}))"
+            )
         n = weights.shape[0]
+        if n == 0:  # no cells: no traces (reshape(0, -1) below cannot infer a size)
+            return np.zeros((0, self.shape[0]), dtype=np.float32)
         out = np.repeat((weights * self.mean[None]).sum(axis=(1, 2))[:, None], self.shape[0], axis=1)
         blend = self._weights()
         for y0, y1, x0, x1, u, v in self.block_factors():
@@ -322,10 +328,13 @@ def denoise(
     Raises
     ------
     ValueError
-        A movie that is not 3-D, is empty, or holds non-finite values.
+        A movie that is not 3-D, is not real-valued, has fewer than 2 frames, or holds
+        non-finite values.
     """
     if movie.ndim != 3:
         raise ValueError(f"movie has shape {movie.shape} (expected (frames, height, width))")
+    if np.dtype(movie.dtype).kind not in "uif":
+        raise ValueError(f"movie has dtype {movie.dtype} (expected real values; complex parts would be dropped)")
     n_t, h, w = movie.shape
     if n_t < 2 or h < 1 or w < 1:
         raise ValueError(f"movie has shape {movie.shape} (expected at least 2 frames and 1x1 pixels)")

@@ -63,7 +63,7 @@ def window_mean(
         i = int(bad[0])
         raise ValueError(
             f"trial {i}: response window frames {begin[i]}..{end[i] - 1} outside the recording "
-            f"(expected within 0..{frames - 1})"
+            f"(onset frame {onsets[i]}; expected within 0..{frames - 1})"
         )
     # cumulative sums give every window mean in one pass
     cumulative = np.concatenate([np.zeros((activity.shape[0], 1)), np.cumsum(activity, axis=1)], axis=1)

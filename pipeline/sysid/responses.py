@@ -7,7 +7,13 @@ import numpy as np
 from pipeline import identity
 
 
-@identity.register("response", name="window_mean")
+def _check_window(config: dict) -> None:
+    """The response window's validation hook: 0 <= start < stop."""
+    if not config["stop"] > config["start"] >= 0:
+        raise ValueError(f"start = {config['start']}, stop = {config['stop']} s (expected 0 <= start < stop)")
+
+
+@identity.register("response", name="window_mean", validate=_check_window)
 def window_mean(
     activity: np.ndarray,
     onsets: np.ndarray,

@@ -76,7 +76,7 @@ def test_one_validation_trial_is_an_error():
         ("trainer", "standard_trainer", {"lr": float("inf")}, "lr = inf (expected > 0.0)"),
         ("dataset", "filetree", {"batch_size": 0}, "dataset builder 'filetree': batch_size = 0 (expected >= 1)"),
         ("imaging", "pmd", {"overlap": 32}, "imaging builder 'pmd': overlap = 32 (expected < block_size = 32)"),
-        ("spikes", "deconvolution", {"order": 3}, "order = 3 (expected 1 or 2: AR(1) or AR(2))"),
+        ("spikes", "deconvolution", {"order": 3}, "deconvolution': order must be 1 or 2 (AR(1) or AR(2)), got 3"),
         ("response", "window_mean", {"start": 0.5, "stop": 0.1}, "start = 0.5, stop = 0.1 s (expected 0 <= start < stop)"),
     ],
 )

@@ -40,7 +40,7 @@ def _check_traces(traces) -> np.ndarray:
 def _check_deconvolution(config: dict) -> None:
     """The deconvolution's validation hook: AR order 1 or 2, positive decay and shrinkage."""
     if config["order"] not in (1, 2):
-        raise ValueError(f"order = {config['order']!r} (expected 1 or 2: AR(1) or AR(2))")
+        raise ValueError(f"order must be 1 or 2 (AR(1) or AR(2)), got {config['order']!r}")
     identity.bounds(above={"tau": 0.0, "fudge_factor": 0.0}, maximum={"fudge_factor": 1.0})(config)
 
 

@@ -45,7 +45,9 @@ class UnknownBuilderError(LookupError):
     """A builder name that does not resolve."""
 
 
-def register(kind: str, name: str | None = None, *, validate: Validator | None = None) -> Callable[[Callable], Callable]:
+def register(
+    kind: str, name: str | None = None, *, validate: Validator | None = None
+) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn`` as a builder of ``kind`` under ``name`` (default: its name).
 
     Parameters

@@ -51,6 +51,12 @@ def check_raw_filename(filename: Any) -> str:
     return filename
 
 
+def _check_scan_row(row: dict) -> None:
+    if "filename" in row:
+        # a row fetched from another Scan table holds a file reference, not the text
+        check_raw_filename(getattr(row["filename"], "path", row["filename"]))
+
+
 # ---------------------------------------------------------------------------------------------
 # raw data (entered by the lab)
 # ---------------------------------------------------------------------------------------------
@@ -82,11 +88,7 @@ class Scan(dj.Manual):
             For a filename that is absolute or climbs out of the store (``check_raw_filename``),
             before anything is inserted.
         """
-        rows = params.row_dicts(self, rows)
-        for row in rows:
-            if "filename" in row:
-                check_raw_filename(row["filename"])
-        super().insert(rows, **kwargs)
+        super().insert(params.checked_rows(self, rows, _check_scan_row), **kwargs)
 
 
 @schema
@@ -386,7 +388,9 @@ class MotionCorrection(dj.Computed):
                 **key,
                 "template": np.asarray(template, dtype=np.float32),
                 "shifts": np.asarray(shifts, dtype=np.float32),
-                "max_displacement": finite(key, "MotionCorrection.max_displacement", np.abs(shifts).max() if len(shifts) else 0.0),
+                "max_displacement": finite(
+                    key, "MotionCorrection.max_displacement", np.abs(shifts).max() if len(shifts) else 0.0
+                ),
             }
         )
 
@@ -400,7 +404,7 @@ class Denoised(dj.Computed):
     ---
     rank              : int32
     compression_ratio : float64     # bytes of the raw movie / bytes of the factors
-    snr_gain = null   : float64     # noise of raw / noise of denoised (high-frequency spectrum); null: no component kept
+    snr_gain = null   : float64     # noise of raw / noise of denoised (high-frequency spectrum); null if rank 0
     blocks            : <blob>      # (n_blocks, 5) int64: y0, y1, x0, x1, rank
     info              : <blob>      # (4,) int64: frames, height, width, raw bytes
     spatial           : <npy@movies>  # concatenated spatial factors, float32
@@ -420,7 +424,9 @@ class Denoised(dj.Computed):
 
         builder, _ = params.load_config(PMDParams, key)
         with naming_scan(key):
-            movie = corrected_movie(scan["path"], shifts, channel=scan["channel"], field=scan["field"], axes=scan["axes"])
+            movie = corrected_movie(
+                scan["path"], shifts, channel=scan["channel"], field=scan["field"], axes=scan["axes"]
+            )
             result = builder(movie, **config)
         return (result.to_arrays(), result.rank, result.compression_ratio, result.snr_gain_estimate)
 

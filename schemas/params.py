@@ -17,8 +17,10 @@ directly (``Table.insert1``) the same way.
 
 from __future__ import annotations
 
+import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import datajoint as dj
@@ -43,12 +45,19 @@ def row_dicts(table: dj.Table, rows: Any) -> list[dict[str, Any]]:
     """The rows of an ``insert`` call as dicts, whatever form DataJoint accepts them in.
 
     Dicts stay dicts; numpy records and sequences are named by the table's heading; a query
-    expression or DataFrame is fetched. Used by tables that check rows before inserting them.
+    expression is fetched, a DataFrame or CSV file read. Used by tables that check rows before
+    inserting them (see :func:`checked_insert`).
     """
-    if isinstance(rows, dj.expression.QueryExpression) or (isinstance(rows, type) and issubclass(rows, dj.Table)):
-        return (rows() if isinstance(rows, type) else rows).to_dicts()
-    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a pandas DataFrame
-        return rows.reset_index().to_dict("records") if rows.index.name else rows.to_dict("records")
+    if isinstance(rows, type) and issubclass(rows, dj.expression.QueryExpression):
+        rows = rows()
+    if isinstance(rows, dj.expression.QueryExpression):
+        return rows.to_dicts()
+    if isinstance(rows, Path):
+        with open(rows, newline="") as handle:
+            return list(csv.DictReader(handle))
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a pandas DataFrame, as DataJoint reads it
+        unnamed = len(rows.index.names) == 1 and not rows.index.names[0]
+        return rows.reset_index(drop=unnamed).to_dict("records")
     names = list(table.heading.names)
     out = []
     for row in rows:
@@ -59,6 +68,19 @@ def row_dicts(table: dj.Table, rows: Any) -> list[dict[str, Any]]:
         else:
             out.append(dict(zip(names, row)))
     return out
+
+
+def checked_rows(table: dj.Table, rows: Any, check: Callable[[dict[str, Any]], None]) -> Any:
+    """``rows`` of an ``insert`` call, to hand on to DataJoint once ``check(row)`` passed for each.
+
+    ``check`` raises for a bad row, so nothing is inserted if any row fails. The rows are handed
+    on in the form they came in (a query expression stays an insert-from-select), except a
+    one-pass iterator (a generator), which is handed on as the dicts it was read into.
+    """
+    checked = row_dicts(table, rows)
+    for row in checked:
+        check(row)
+    return checked if isinstance(rows, Iterator) else rows
 
 
 class ConfigTable:
@@ -74,10 +96,7 @@ class ConfigTable:
     builder_kind: str
 
     def insert(self, rows, **kwargs) -> None:
-        rows = row_dicts(self, rows)
-        for row in rows:
-            check_row(self, row)
-        super().insert(rows, **kwargs)
+        super().insert(checked_rows(self, rows, lambda row: check_row(self, row)), **kwargs)
 
 
 def check_row(table, row: Mapping[str, Any]) -> None:

@@ -113,7 +113,9 @@ def test_values_beyond_float32_fail_at_scan_info_naming_the_scan(db):
     assert not imaging.ScanInfo & key
     message = _error(imaging.ScanInfo, key)
     assert message.startswith(f"MovieFileError: Scan {ANIMAL}/1/3: ")
-    assert "frame 3 has 1 pixel(s) beyond the float32 range (largest |value| 1e+300; expected |value| <= 3.4e+38)" in message
+    assert "frame 3 has 1 pixel(s) beyond the float32 range (largest |value| 1e+300; expected |value| <= 3.4e+38)" in (
+        message
+    )
 
 
 def test_complex_movie_is_rejected_at_scan_info_naming_the_scan(db):

@@ -3,8 +3,6 @@ validation sets are loud (issue 11, item 9)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -47,7 +45,8 @@ def test_healthy_training_is_not_called_diverged():
 
 def test_two_validation_trials_warn_and_are_recorded():
     loaders = synthetic_loaders(n_train=32, n_validation=2)
-    with pytest.warns(training.SmallValidationWarning, match=r"data_key 'd0' has only 2 trials \(expected at least 10\)"):
+    expected = r"data_key 'd0' has only 2 trials \(expected at least 10\)"
+    with pytest.warns(training.SmallValidationWarning, match=expected):
         result = _train(loaders)
     assert result.output["warnings"] == [
         "validation set of data_key 'd0' has only 2 trials (expected at least 10): its correlation is too noisy "
@@ -69,7 +68,7 @@ def test_one_validation_trial_is_an_error():
     "kind, builder, config, message",
     [
         ("model", "cnn_factorized", {"layers": -1}, "model builder 'cnn_factorized': layers = -1 (expected >= 1)"),
-        ("model", "cnn_gaussian", {"init_sigma": 0.0}, "model builder 'cnn_gaussian': init_sigma = 0.0 (expected > 0.0)"),
+        ("model", "cnn_gaussian", {"init_sigma": 0.0}, "builder 'cnn_gaussian': init_sigma = 0.0 (expected > 0.0)"),
         ("model", "rotation_factorized", {"rotations": 0}, "rotation_factorized': rotations = 0 (expected >= 1)"),
         ("model", "linear_nonlinear", {"gamma_l2": -1.0}, "linear_nonlinear': gamma_l2 = -1.0 (expected >= 0.0)"),
         ("trainer", "standard_trainer", {"lr": 0.0}, "trainer builder 'standard_trainer': lr = 0.0 (expected > 0.0)"),
@@ -77,7 +76,7 @@ def test_one_validation_trial_is_an_error():
         ("dataset", "filetree", {"batch_size": 0}, "dataset builder 'filetree': batch_size = 0 (expected >= 1)"),
         ("imaging", "pmd", {"overlap": 32}, "imaging builder 'pmd': overlap = 32 (expected < block_size = 32)"),
         ("spikes", "deconvolution", {"order": 3}, "deconvolution': order must be 1 or 2 (AR(1) or AR(2)), got 3"),
-        ("response", "window_mean", {"start": 0.5, "stop": 0.1}, "start = 0.5, stop = 0.1 s (expected 0 <= start < stop)"),
+        ("response", "window_mean", {"start": 0.5, "stop": 0.1}, "start = 0.5, stop = 0.1 s (expected 0 <= start"),
     ],
 )
 def test_builder_validation_hook_rejects_the_value(kind, builder, config, message):
@@ -119,14 +118,18 @@ def test_direct_insert_with_unresolvable_builder_is_rejected(db):
 def test_direct_insert_of_a_bad_value_is_rejected(db):
     config_hash, config = params.make_config(sysid.ModelConfig, "cnn_factorized", {})
     with pytest.raises(identity.ConfigError, match=r"layers = -1 \(expected >= 1\)"):
-        sysid.ModelConfig.insert1({"model_hash": config_hash, "builder": "cnn_factorized", "config": {**config, "layers": -1}})
+        sysid.ModelConfig.insert1(
+            {"model_hash": config_hash, "builder": "cnn_factorized", "config": {**config, "layers": -1}}
+        )
     assert len(sysid.ModelConfig & {"model_hash": config_hash}) == 0
 
 
 def test_direct_insert_needs_the_normalized_config_and_its_hash(db):
     config_hash, config = params.make_config(sysid.TrainerConfig, "standard_trainer", {"max_epochs": 3})
     with pytest.raises(identity.ConfigError, match=r"which is not normalized \(expected \{'lr': 0.005"):
-        sysid.TrainerConfig.insert1({"trainer_hash": config_hash, "builder": "standard_trainer", "config": {"max_epochs": 3}})
+        sysid.TrainerConfig.insert1(
+            {"trainer_hash": config_hash, "builder": "standard_trainer", "config": {"max_epochs": 3}}
+        )
     with pytest.raises(identity.ConfigError, match=r"TrainerConfig.trainer_hash = 'f+' is not the hash of builder"):
         sysid.TrainerConfig.insert1({"trainer_hash": "f" * 32, "builder": "standard_trainer", "config": config})
     assert len(sysid.TrainerConfig & {"trainer_hash": config_hash}) == 0
@@ -135,10 +138,29 @@ def test_direct_insert_needs_the_normalized_config_and_its_hash(db):
 
 
 def test_every_parameter_table_checks_direct_inserts(db):
-    for table in (imaging.PMDParams, imaging.MotionParams, spikes.SpikeMethod, sysid.ResponseWindow, sysid.DatasetConfig):
+    tables = (imaging.PMDParams, imaging.MotionParams, spikes.SpikeMethod, sysid.ResponseWindow, sysid.DatasetConfig)
+    for table in tables:
         attr = params.hash_attribute(table)
         with pytest.raises(identity.UnknownBuilderError, match=r"builder 'nope' does not resolve"):
             table.insert1({attr: "0" * 32, "builder": "nope", "config": {}})
+        assert len(table & {attr: "0" * 32}) == 0
+
+
+def test_a_generator_with_one_bad_row_inserts_nothing(db):
+    good_hash, good = params.make_config(sysid.TrainerConfig, "standard_trainer", {"max_epochs": 7})
+    rows = (
+        row
+        for row in [
+            {"trainer_hash": good_hash, "builder": "standard_trainer", "config": good},
+            {"trainer_hash": "1" * 32, "builder": "standard_trainer", "config": {**good, "patience": 0}},
+        ]
+    )
+    with pytest.raises(identity.ConfigError, match=r"patience = 0 \(expected >= 1\)"):
+        sysid.TrainerConfig.insert(rows)
+    assert len(sysid.TrainerConfig & {"trainer_hash": good_hash}) == 0
+    one = [{"trainer_hash": good_hash, "builder": "standard_trainer", "config": good}]
+    sysid.TrainerConfig.insert(row for row in one)
+    assert len(sysid.TrainerConfig & {"trainer_hash": good_hash}) == 1
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +193,8 @@ def test_tiny_validation_set_is_recorded_in_the_trained_model(db, dataset, tmp_p
     dataset_id = f"inputs_tiny_{db.backend}"
     sysid.import_filetree(folder, dataset_id)
     assert sysid._json((sysid.Dataset & {"dataset_id": dataset_id}).fetch1("tiers"))["validation"] == 2
-    key = {**dataset, "dataset_id": dataset_id, **params.insert_config(sysid.TrainerConfig, "standard_trainer", {"max_epochs": 1})}
+    trainer = params.insert_config(sysid.TrainerConfig, "standard_trainer", {"max_epochs": 1})
+    key = {**dataset, "dataset_id": dataset_id, **trainer}
     with pytest.warns(training.SmallValidationWarning):
         result = sysid.TrainedModel.populate(key, suppress_errors=True)
     assert result["error_list"] == []

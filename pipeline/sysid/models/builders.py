@@ -163,7 +163,14 @@ def rotation_factorized(
     "model",
     "cnn_gaussian",
     validate=_limits(
-        {**_CORE, "hidden_channels": 1, "init_mu_range": 0.0, "shifter_hidden": 1, "shifter_layers": 1, "modulator_hidden": 1},
+        {
+            **_CORE,
+            "hidden_channels": 1,
+            "init_mu_range": 0.0,
+            "shifter_hidden": 1,
+            "shifter_layers": 1,
+            "modulator_hidden": 1,
+        },
         above=("init_sigma",),
     ),
 )

@@ -20,6 +20,23 @@ ANIMAL = 9400
 MOVIE = np.random.default_rng(0).normal(100, 5, (60, 32, 32)).astype(np.uint16)
 
 
+# the per-page header text of ScanImage 3.8 and 5 (the frame count each declares: 60)
+SCANIMAGE_3 = (
+    "state.configName='rig'\rstate.software.version=3.8\rstate.acq.numberOfChannelsSave=1\r"
+    "state.acq.numberOfZSlices=1\rstate.acq.frameRate=4.0\rstate.acq.numberOfFrames=60\r"
+)
+SCANIMAGE_5 = (
+    "scanimage.SI5.VERSION_MAJOR = 5\nscanimage.SI5.hChannels.channelSave = 1\n"
+    "scanimage.SI5.hStackManager.framesPerSlice = 60\nscanimage.SI5.hRoiManager.scanFrameRate = 30\n"
+)
+
+
+def _write_pages(path: Path, description: str) -> None:
+    with tifffile.TiffWriter(path) as writer:
+        for frame in MOVIE:
+            writer.write(frame, description=description, metadata=None, contiguous=False)
+
+
 def _cut(path: Path, fraction: float) -> Path:
     data = path.read_bytes()
     out = path.with_name(f"{path.stem}_{round(fraction * 100)}{path.suffix}")
@@ -35,6 +52,8 @@ def _files(folder: Path) -> dict[str, Path]:
         "imagej": folder / "imagej.tif",
         "bigtiff": folder / "bigtiff.tif",
         "scanimage": folder / "scanimage.tif",
+        "scanimage3": folder / "scanimage3.tif",
+        "scanimage5": folder / "scanimage5.tif",
         "hdf5": folder / "movie.h5",
     }
     tifffile.imwrite(files["shaped"], MOVIE)
@@ -42,6 +61,8 @@ def _files(folder: Path) -> dict[str, Path]:
     tifffile.imwrite(files["imagej"], MOVIE, imagej=True, metadata={"axes": "TYX"})
     tifffile.imwrite(files["bigtiff"], MOVIE, bigtiff=True, metadata=None)
     io.write_scanimage_tiff(files["scanimage"], MOVIE.astype(np.float32), 10.0)
+    _write_pages(files["scanimage3"], SCANIMAGE_3)
+    _write_pages(files["scanimage5"], SCANIMAGE_5)
     with h5py.File(files["hdf5"], "w") as f:
         f["mov"] = MOVIE
     return files
@@ -52,9 +73,22 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return _files(tmp_path_factory.mktemp("movies"))
 
 
-@pytest.mark.parametrize("name", ["shaped", "bare", "imagej", "bigtiff", "scanimage", "hdf5"])
-def test_whole_files_read_as_60_frames(files, name):
-    assert scan.scan_info(files[name]).nframes == 60
+@pytest.mark.parametrize(
+    "name, software",
+    [
+        ("shaped", "tiff"),
+        ("bare", "tiff"),
+        ("imagej", "ImageJ TIFF 1.11a"),
+        ("bigtiff", "tiff"),
+        ("scanimage", "ScanImage 2016b"),
+        ("scanimage3", "ScanImage 3.8"),
+        ("scanimage5", "ScanImage 5"),
+        ("hdf5", "hdf5"),
+    ],
+)
+def test_whole_files_read_as_60_frames(files, name, software):
+    info = scan.scan_info(files[name])
+    assert (info.nframes, info.software) == (60, software)
 
 
 @pytest.mark.parametrize(
@@ -70,6 +104,10 @@ def test_whole_files_read_as_60_frames(files, name):
         ("bigtiff", 0.90, "the file ends inside page 5's header at 124459 bytes (file truncated"),
         ("scanimage", 0.99, "page 59's pixel data ends at byte 159376, beyond the end of the file at 157782 bytes"),
         ("scanimage", 0.90, "TIFF has 54 frames but its ScanImage header says 60 (file truncated; expected 60 frames)"),
+        ("scanimage3", 0.99, "page 59's pixel data ends at byte 144976, beyond the end of the file at 143526 bytes"),
+        ("scanimage3", 0.90, "TIFF has 54 frames but its ScanImage header says 60 (file truncated; expected 60"),
+        ("scanimage5", 0.99, "page 59's pixel data ends at byte 144976, beyond the end of the file at 143526 bytes"),
+        ("scanimage5", 0.90, "TIFF has 54 frames but its ScanImage header says 60 (file truncated; expected 60"),
         ("hdf5", 0.99, "not a readable HDF5 file (Unable to synchronously open file (truncated file: eof = 123678"),
     ],
 )

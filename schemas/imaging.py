@@ -260,15 +260,18 @@ def finite(key: dict, column: str, value: float) -> float:
     return value
 
 
-def snr_gain_column(gain: float) -> float | None:
-    """``Denoised.snr_gain`` of PMD's SNR-gain estimate: None (null) when it is not finite.
+def finite_or_null(value: float | None) -> float | None:
+    """``value`` as a float for a nullable numeric column: None (null) when it is None, NaN or inf.
 
-    PMD estimates the gain as noise of raw / noise of denoised; a scan without signal keeps no
-    component, so the denoised noise is 0 and the ratio is inf. It is stored as null on every
-    backend (PostgreSQL would store inf, MariaDB refuses it); ``Denoised.load`` gives inf back.
+    For columns where a non-finite value has a defined meaning: ``Denoised.snr_gain`` is PMD's
+    noise of raw / noise of denoised, inf for a scan without signal (no component kept, the
+    denoised noise is 0); it is stored as null on every backend (PostgreSQL would store inf,
+    MariaDB refuses it), and ``Denoised.load`` gives inf back.
     """
-    gain = float(gain)
-    return gain if math.isfinite(gain) else None
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 @contextlib.contextmanager
@@ -350,7 +353,8 @@ class ScanInfo(dj.Imported):
                 "nchannels": int(info.nchannels),
                 "nfields": int(info.nfields),
                 "fps": float(fps),
-                "um_per_pixel": None if info.um_per_pixel is None else float(info.um_per_pixel),
+                # a header whose field of view gives no finite pixel size says nothing: null
+                "um_per_pixel": finite_or_null(info.um_per_pixel),
                 "software": info.software[:64],
             }
         )
@@ -436,7 +440,7 @@ class Denoised(dj.Computed):
                 **key,
                 "rank": int(rank),
                 "compression_ratio": finite(key, "Denoised.compression_ratio", compression_ratio),
-                "snr_gain": snr_gain_column(snr_gain),
+                "snr_gain": finite_or_null(snr_gain),  # inf (no signal) -> null
                 "blocks": arrays["blocks"],
                 "info": arrays["info"],
                 "spatial": arrays["spatial"],
@@ -505,9 +509,9 @@ class Segmentation(dj.Computed):
                     "mask_id": i,
                     "pixels": flat,
                     "weights": found.weights[i].reshape(-1)[flat].astype(np.float32),
-                    "center_y": float(found.centers[i, 0]),
-                    "center_x": float(found.centers[i, 1]),
-                    "score": float(found.scores[i]),
+                    "center_y": finite(key, "Segmentation.Mask.center_y", found.centers[i, 0]),
+                    "center_x": finite(key, "Segmentation.Mask.center_x", found.centers[i, 1]),
+                    "score": finite(key, "Segmentation.Mask.score", found.scores[i]),
                 }
             )
         return found.correlation_image.astype(np.float32), masks

@@ -169,6 +169,11 @@ def test_scan_without_signal_stores_a_null_snr_gain_on_every_backend(db, default
     assert imaging.Denoised.load(restriction).snr_gain_estimate == math.inf
 
 
+def test_non_finite_value_for_a_nullable_column_is_null():
+    values = [float("inf"), float("-inf"), float("nan"), None, 2.5, np.float32(1.5)]
+    assert [imaging.finite_or_null(v) for v in values] == [None, None, None, None, 2.5, 1.5]
+
+
 def test_non_finite_value_for_a_non_nullable_column_names_the_scan():
     with pytest.raises(imaging.ScanError, match=r"^Scan 1/2/3: Denoised.compression_ratio is nan \(expected a finite"):
         imaging.finite({"animal_id": 1, "session": 2, "scan_idx": 3}, "Denoised.compression_ratio", float("nan"))

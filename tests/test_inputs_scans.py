@@ -127,6 +127,14 @@ def test_complex_movie_is_rejected_at_scan_info_naming_the_scan(db):
     assert "pixels are complex64 (expected real numbers, integer or float" in message
 
 
+def test_denoise_rejects_values_beyond_float32():
+    movie = _blob_movie().astype(np.float64)
+    movie[5, 2, 2] = -1e300
+    expected = r"movie has values up to 1e\+300 in block y 0:20, x 0:20 \(expected \|value\| <= 3.4e\+38"
+    with pytest.raises(ValueError, match=expected):
+        pmd.denoise(movie)
+
+
 def test_denoise_rejects_a_complex_array():
     with pytest.raises(ValueError, match=r"movie has dtype complex64 \(expected real values"):
         pmd.denoise(_blob_movie().astype(np.complex64))

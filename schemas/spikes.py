@@ -27,7 +27,7 @@ schema = dj.Schema()
 
 
 @schema
-class SpikeMethod(dj.Lookup):
+class SpikeMethod(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("spike_method", "a spike inference method and its parameters")
     builder_kind = "spikes"
 
@@ -248,15 +248,16 @@ class Activity(dj.Computed):
         return row["builder"], config, [u["unit_id"] for u in units], [u["dff"] for u in units], fps, weights, network
 
     def make_compute(self, key, builder, config, unit_ids, traces, fps, weights, network):
-        if not unit_ids:
-            raise ValueError(f"Traces {key}: no units (expected at least 1)")
-        lengths = {np.asarray(t).size for t in traces}
-        if len(lengths) != 1:
-            raise ValueError(f"Traces {key}: units have different lengths {sorted(lengths)} (expected one)")
-        model = None
-        if builder == "supervised":
-            model = spikes.SpikeModel.from_bytes(weights.tobytes(), _method_config({"config": network}))
-        inferred = spikes.infer_spikes(np.stack(traces), fps, builder, model, **config)
+        with imaging.naming_scan(key):
+            if not unit_ids:
+                raise ValueError("Traces has no units (0 cells segmented; expected at least 1)")
+            lengths = {np.asarray(t).size for t in traces}
+            if len(lengths) != 1:
+                raise ValueError(f"Traces units have different lengths {sorted(lengths)} (expected one)")
+            model = None
+            if builder == "supervised":
+                model = spikes.SpikeModel.from_bytes(weights.tobytes(), _method_config({"config": network}))
+            inferred = spikes.infer_spikes(np.stack(traces), fps, builder, model, **config)
         return fps, unit_ids, inferred
 
     def make_insert(self, key, fps, unit_ids, inferred):

@@ -40,19 +40,19 @@ def _json(value: Any) -> Any:
 
 
 @schema
-class DatasetConfig(dj.Lookup):
+class DatasetConfig(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("dataset_config", "how a dataset is read: tiers, normalization, selection, batch size")
     builder_kind = "dataset"
 
 
 @schema
-class ModelConfig(dj.Lookup):
+class ModelConfig(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("model", "a model architecture and its hyperparameters")
     builder_kind = "model"
 
 
 @schema
-class TrainerConfig(dj.Lookup):
+class TrainerConfig(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("trainer", "how a model is trained")
     builder_kind = "trainer"
 
@@ -71,7 +71,7 @@ class Seed(dj.Lookup):
 
 
 @schema
-class ResponseWindow(dj.Lookup):
+class ResponseWindow(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("response_window", "how a trial's response is taken from activity")
     builder_kind = "response"
 
@@ -113,7 +113,8 @@ class TrialResponses(dj.Computed):
             behavior = {k: row.get(k) for k in ("running", "pupil_radius", "pupil_x", "pupil_y")}
         activity = np.stack([np.asarray(u["spikes"], dtype=np.float32) for u in units])
         onsets = np.array([t["onset_frame"] for t in trials], dtype=np.int64)
-        out = fn(activity, onsets, fps, behavior, **config)
+        with imaging.naming_scan(key):
+            out = fn(activity, onsets, fps, behavior, **config)
         unit_ids = np.array([u["unit_id"] for u in units], dtype=np.int64)
         self.insert1(
             {

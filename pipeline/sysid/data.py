@@ -562,7 +562,11 @@ def make_loaders(
     return loaders
 
 
-@identity.register("dataset", name="filetree")
+@identity.register(
+    "dataset",
+    name="filetree",
+    validate=identity.bounds(minimum={"batch_size": 1}, above={"train_fraction": 0.0}, maximum={"train_fraction": 1.0}),
+)
 def filetree_loaders(
     seed: int,
     *,

@@ -300,8 +300,3 @@ def config_hash(config: dict[str, Any], *, builder: str | None = None) -> str:
     """32-hex-digit content hash of a (normalized) config, optionally with its builder name."""
     payload = json.dumps(["v1", builder, _tagged(plain(config))], separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def canonical_json(config: dict[str, Any]) -> str:
-    """A stable JSON text of a normalized config, stored beside its hash for humans."""
-    return json.dumps(plain(config), sort_keys=True, separators=(",", ":"), allow_nan=True)

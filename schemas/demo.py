@@ -35,7 +35,6 @@ class DemoSize:
     dataset: dict = field(default_factory=dict)
     seeds: tuple = (0,)
     spike_methods: tuple = (("deconvolution", {"order": 1}), ("deconvolution", {"order": 2}))
-    extra: dict = field(default_factory=dict)
 
 
 _CORE = {"layers": 3, "hidden_channels": 16, "input_kernel": 9, "hidden_kernel": 5}
@@ -193,7 +192,7 @@ def summarize(size_name: str, seed: int, keys: dict) -> dict:
     from pipeline.simulation.population import oracle_scores
     from pipeline.sysid import metrics
 
-    from . import imaging, spikes, sysid
+    from . import imaging, spikes, sysid, values
 
     size = SIZES[size_name]
     truth = simulated_experiment(size, seed)
@@ -228,7 +227,7 @@ def summarize(size_name: str, seed: int, keys: dict) -> dict:
         traces = np.stack([dff[unit_ids[f]] for f, _ in pairs], axis=1)
         method = (spikes.SpikeMethod & method_key).fetch1()
         summary["spikes"].append({
-            "method": f"{method['builder']} {sysid._json(method['config'])}",
+            "method": f"{method['builder']} {values.json_value(method['config'])}",
             "median_r_inferred": float(np.median(metrics.pearson(np.nan_to_num(inferred), true_spikes))),
             "median_r_dff": float(np.median(metrics.pearson(np.nan_to_num(traces), true_spikes))),
             "cells": len(pairs),

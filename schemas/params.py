@@ -18,7 +18,6 @@ directly (``Table.insert1``) the same way.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ import datajoint as dj
 import numpy as np
 
 from pipeline import identity
+
+from . import values
 
 
 def config_definition(name: str, comment: str) -> str:
@@ -109,9 +110,7 @@ def check_row(table, row: Mapping[str, Any]) -> None:
     pipeline.identity.ConfigError
         The config is not the builder's normalized config, or the hash is not its hash.
     """
-    builder, config = row.get("builder"), row.get("config")
-    if isinstance(config, str):  # json given as text
-        config = json.loads(config)
+    builder, config = row.get("builder"), values.json_value(row.get("config"))
     config_hash, normalized = make_config(table, builder, config)
     if identity.config_hash(identity.plain(config or {}), builder=builder) != config_hash:
         raise identity.ConfigError(
@@ -149,7 +148,5 @@ def insert_config(table, builder: str, config: dict[str, Any] | None = None, not
 def load_config(table, key: dict) -> tuple[Any, dict[str, Any]]:
     """The builder function and normalized config of the parameter set at ``key``."""
     row = (table & key).fetch1()
-    config = row["config"]
-    if isinstance(config, str):  # some backends hand json back as text
-        config = json.loads(config)
+    config = values.json_value(row["config"])
     return identity.resolve(table.builder_kind, row["builder"]), config

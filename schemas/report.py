@@ -49,11 +49,11 @@ def model_figure(key: dict, device: str | None = "cpu"):
     from pipeline import figures
     from pipeline.sysid import metrics
 
-    from . import sysid
+    from . import sysid, values
     from .workers.status import describe_key
 
     full = _one(sysid.TrainedModel, key)
-    output = sysid._json((sysid.TrainedModel & full).fetch1("output"))
+    output = values.json_value((sysid.TrainedModel & full).fetch1("output"))
     model, loaders = sysid.load_model(full, device=device)
     data_key = full["dataset_id"]
     test = loaders["test"][data_key]

@@ -13,25 +13,19 @@ behind: ``schemas.stores.collect_garbage()`` removes every stored file that no r
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import datajoint as dj
 import numpy as np
 
-from . import imaging, params, spikes, stores
+from . import imaging, params, spikes, stores, values
 
 schema = dj.Schema()
 
 # tolerance of `pipeline reproduce` when comparing recomputed and stored scores
 REPRODUCE_TOLERANCE = 1e-5
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
 
 
 # --------------------------------------------------------------------------------------- #
@@ -360,12 +354,10 @@ class Score(dj.Computed):
         dataset_fn, dataset_config, model_fn, model_config, seed = _builders(key)
         names = ((DatasetConfig & key).fetch1("builder"), (ModelConfig & key).fetch1("builder"))
         weights = (TrainedModel & key).fetch1("weights").read()
-        # as text (latin-1 maps bytes 1:1): populate hashes the fetched data, and its hasher
-        # cannot take arbitrary bytes
-        return names, dataset_config, model_config, seed, weights.decode("latin-1")
+        return names, dataset_config, model_config, seed, values.bytes_as_text(weights)
 
     def make_compute(self, key, names, dataset_config, model_config, seed, weights):
-        weights = weights.encode("latin-1")
+        weights = values.text_as_bytes(weights)
         scores = _score(key, names, dataset_config, model_config, seed, weights, device=None)
         return (scores,)
 
@@ -491,7 +483,7 @@ def reproduce(key: dict, device: str | None = None) -> dict:
         "scores": scores,
         "stored": stored,
         "max_difference": difference,
-        "provenance": _json((TrainedModel & full).fetch1("provenance")),
+        "provenance": values.json_value((TrainedModel & full).fetch1("provenance")),
     }
 
 

@@ -1,6 +1,5 @@
 """The imaging chain's functions on plain arrays: readers, simulation, motion, PMD, cells, traces."""
 
-from pathlib import Path
 
 import h5py
 import numpy as np

@@ -10,7 +10,7 @@ from models_helpers import synthetic_loaders
 from pipeline import identity
 from pipeline.simulation.population import simulate_population
 from pipeline.sysid import models, training
-from schemas import imaging, params, spikes, sysid
+from schemas import imaging, params, spikes, sysid, values
 
 torch.set_num_threads(1)
 
@@ -192,13 +192,13 @@ def test_tiny_validation_set_is_recorded_in_the_trained_model(db, dataset, tmp_p
     folder = simulate_population(tmp_path / "tiny", seed=3, n_validation=2, **POPULATION)
     dataset_id = f"inputs_tiny_{db.backend}"
     sysid.import_filetree(folder, dataset_id)
-    assert sysid._json((sysid.Dataset & {"dataset_id": dataset_id}).fetch1("tiers"))["validation"] == 2
+    assert values.json_value((sysid.Dataset & {"dataset_id": dataset_id}).fetch1("tiers"))["validation"] == 2
     trainer = params.insert_config(sysid.TrainerConfig, "standard_trainer", {"max_epochs": 1})
     key = {**dataset, "dataset_id": dataset_id, **trainer}
     with pytest.warns(training.SmallValidationWarning):
         result = sysid.TrainedModel.populate(key, suppress_errors=True)
     assert result["error_list"] == []
-    output = sysid._json((sysid.TrainedModel & key).fetch1("output"))
+    output = values.json_value((sysid.TrainedModel & key).fetch1("output"))
     assert output["warnings"] == [
         f"validation set of data_key '{dataset_id}' has only 2 trials (expected at least 10): its correlation is too "
         "noisy to choose the best epoch"

@@ -12,7 +12,7 @@ import torch
 
 from pipeline import figures
 from pipeline.simulation.population import simulate_population
-from schemas import params, report, sysid
+from schemas import params, report, sysid, values
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -62,6 +62,6 @@ def test_model_report_from_the_command_line(db, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"wrote {tmp_path / 'm.png'}"
     assert (tmp_path / "m.png").stat().st_size > 20_000
-    history = sysid._json((sysid.TrainedModel & key).fetch1("output"))["history"]
+    history = values.json_value((sysid.TrainedModel & key).fetch1("output"))["history"]
     assert [h["epoch"] for h in history] == [1, 2]
     assert np.isfinite([h["validation_correlation"] for h in history]).all()

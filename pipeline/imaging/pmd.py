@@ -25,13 +25,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from pipeline.device import choose_device
+
 __all__ = ["PMDResult", "denoise", "noise_level", "block_grid"]
-
-
-def _device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def noise_level(traces: torch.Tensor, band: tuple[float, float] = (0.25, 0.5)) -> torch.Tensor:
@@ -355,7 +351,7 @@ def denoise(
         raise ValueError(f"movie has shape {movie.shape} (expected at least 2 frames and 1x1 pixels)")
     if require not in ("either", "both"):
         raise ValueError(f"require={require!r} (expected 'either' or 'both')")
-    dev = _device(device)
+    dev = choose_device(device)
     ys = block_grid(h, block_size, overlap)
     xs = block_grid(w, block_size, overlap)
     bh, bw = min(block_size, h), min(block_size, w)

@@ -43,7 +43,6 @@ FIELDS = ("images", "responses", "behavior", "pupil_center")
 OPTIONAL_FIELDS = ("behavior", "pupil_center")
 TIERS = ("train", "validation", "test", "final_test")
 TRIAL_FIELDS = ("tiers", "frame_image_id", "trial_idx")
-STATISTICS = ("mean", "std", "min", "max", "median")
 STATISTIC_SECTIONS = ("all", "stimulus_frame")
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.device import choose_device
+
 from pipeline import identity
 from pipeline.sysid import metrics
 
@@ -61,11 +63,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(int(seed))
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(int(seed))
-
-
-def default_device() -> torch.device:
-    """CUDA when torch sees a GPU, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def poisson_loss(predictions: torch.Tensor, responses: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -199,7 +196,7 @@ def standard_trainer(
         raise ValueError(f"max_epochs = {max_epochs} (expected at least 1)")
     notes = _check_validation_size(dataloaders["validation"])
     set_seed(seed)
-    device = default_device()
+    device = choose_device()
     model.to(device)
     train = dataloaders["train"]
     n_batches = sum(len(loader) for loader in train.values())

@@ -60,8 +60,8 @@ def predict_responses(
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.asarray(images[start:start + batch_size], dtype=np.float32)).to(device)
-        out.append(model(x, data_key, _repeat(behavior, len(x), device), _repeat(pupil_center, len(x), device)))
-        out[-1] = out[-1].cpu().numpy()
+        rates = model(x, data_key, _repeat(behavior, len(x), device), _repeat(pupil_center, len(x), device))
+        out.append(rates.cpu().numpy())
     model.train(was_training)
     return np.concatenate(out).astype(np.float32)
 

@@ -28,6 +28,7 @@ setup(
         "platformdirs>=3,<5",
         "tqdm>=4.65,<5",
         "numba>=0.59,<0.63",  # spikes: the O(T) AR(1) deconvolution loop
+        "scikit-learn>=1.3,<2",  # vision: the bundled digits (no download)
     ],
     extras_require={
         "test": [

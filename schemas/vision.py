@@ -309,6 +309,13 @@ class TrainedClassifier(dj.Computed):
         self.insert1({**key, "accuracy": accuracy, "output": output, "weights": (".pt", weights),
                       "provenance": provenance})
 
+    def delete(self, *args, **kwargs):
+        """Delete rows (and their scores and students) and the stored weights of both."""
+        refs = _refs(self, "weights") + _refs(DistilledClassifier & self.proj(), "weights")
+        count = super().delete(*args, **kwargs)
+        _remove_unreferenced(refs)
+        return count
+
 
 def _classifier_spec(key: dict) -> dict:
     """Everything that rebuilds the trained classifier at ``key`` (exactly one row), fetched: plain values and text."""
@@ -483,9 +490,42 @@ class DistilledClassifier(dj.Computed):
         self.Domain.insert({**key, "domain": name, "student_accuracy": s, "teacher_accuracy": t}
                            for name, (s, t) in domains.items())
 
+    def delete(self, *args, **kwargs):
+        """Delete rows and the students' stored weights."""
+        refs = _refs(self, "weights")
+        count = super().delete(*args, **kwargs)
+        _remove_unreferenced(refs)
+        return count
+
+
+# --------------------------------------------------------------------------------------- #
+# stored files
+# --------------------------------------------------------------------------------------- #
+
+
+def _refs(expression, attribute: str) -> list:
+    return [row[attribute] for row in expression.to_dicts()] if len(expression) else []
+
+
+def _remove_unreferenced(refs: list) -> None:
+    """Remove the stored objects of ``refs`` that no row of this schema references (a declined delete keeps them)."""
+    by_store: dict = {}
+    for ref in refs:
+        by_store.setdefault(ref.store, []).append(ref)
+    for store, group in by_store.items():
+        collector = dj.gc.GarbageCollector(schema, store=store)
+        referenced = collector.schema_references()
+        for ref in group:
+            if ref.path not in referenced:
+                collector.delete_schema_path(ref.path)
+
 
 def collect_garbage(dry_run: bool = False) -> dict[str, dict]:
-    """Remove stored files of this schema that no row references (after deletes); the ``dj.gc`` report per store."""
+    """Remove stored files of this schema that no row references; the ``dj.gc`` report per store.
+
+    ``TrainedClassifier.delete`` and ``DistilledClassifier.delete`` remove their weights; rows
+    removed by a cascade from further upstream (a stimulus set, predicted responses) leave files.
+    """
     return {store: dj.gc.GarbageCollector(schema, store=store).collect(dry_run=dry_run) for store in ("raw", "models")}
 
 

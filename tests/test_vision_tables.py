@@ -184,3 +184,19 @@ def test_distillation_trainers_are_not_classifier_trainers(classifiers):
 def test_unknown_trainer_is_refused_at_insert(db):
     with pytest.raises(identity.UnknownBuilderError, match=r"vision_trainer builder 'no_such' does not resolve"):
         params.insert_config(vision.ClassifierTrainerConfig, "no_such", {})
+
+
+def test_deleting_a_classifier_removes_its_weights_and_its_students(db, classifiers):
+    from pathlib import Path
+
+    key = classifiers["cotrained"]
+    student = params.insert_config(vision.ClassifierConfig, "digit_mlp", {"hidden": 8})
+    kd = params.insert_config(vision.ClassifierTrainerConfig, "knowledge_distillation", {"epochs": 1})
+    distilled = {**key, "student_hash": student["classifier_hash"], "distillation_hash": kd["classifier_trainer_hash"]}
+    assert vision.DistilledClassifier.populate(distilled, suppress_errors=True)["error_list"] == []
+    paths = [Path((vision.TrainedClassifier & key).fetch1("weights").full_path),
+             Path((vision.DistilledClassifier & distilled).fetch1("weights").full_path)]
+    assert all(p.is_file() for p in paths)
+    (vision.TrainedClassifier & key).delete(prompt=False)
+    assert not vision.TrainedClassifier & key and not vision.DistilledClassifier & distilled
+    assert [p.exists() for p in paths] == [False, False]

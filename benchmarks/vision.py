@@ -97,16 +97,17 @@ def run_method(name: str, stimulus: dict, targets: dict, seed: int, epochs: int)
             "validation_accuracy": result.score, "seconds": result.output["seconds"]}
 
 
-def run_distillation(stimulus: dict, seed: int, epochs: int) -> dict:
+def run_distillation(stimulus: dict, seed: int, epochs: int, teacher_augment: float, magnitude: float) -> dict:
     loaders = data.stimulus_split(seed, images=stimulus["images"], labels=stimulus["labels"])
     test = data.tier_arrays(loaders, "test")
     teacher = models.digit_cnn(loaders, seed, channels=[16, 32])
-    training.plain_classifier(teacher, loaders, seed, epochs=epochs, augment_magnitude=0.3)
+    training.plain_classifier(teacher, loaders, seed, epochs=epochs, augment_magnitude=teacher_augment)
     out = {"teacher": {**robustness.out_of_domain(teacher.eval(), test["images"], test["labels"]),
                        "parameters": models.parameter_count(teacher)}}
-    for name, trainer in (("kd", training.knowledge_distillation), ("hard", training.hard_distillation)):
+    for name, trainer, extra in (("kd", training.knowledge_distillation, {}),
+                                 ("hard", training.hard_distillation, {"magnitude": magnitude})):
         student = models.digit_mlp(loaders, seed, hidden=32)
-        result = trainer(student, loaders, seed, teacher=teacher, epochs=epochs)
+        result = trainer(student, loaders, seed, teacher=teacher, epochs=epochs, **extra)
         out[name] = {**robustness.out_of_domain(student.eval(), test["images"], test["labels"]),
                      "teacher_queries": result.output["teacher_queries"],
                      "parameters": models.parameter_count(student)}
@@ -145,27 +146,36 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=8, help="epochs of every classifier and student")
     parser.add_argument("--size", type=int, default=12, help="height and width of the stimuli (V1 model input)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
+                        help="neural-target methods to run (none: distillation only)")
     parser.add_argument("--no-distillation", action="store_true")
+    parser.add_argument("--teacher-augment", type=float, default=0.3,
+                        help="magnitude of the teacher's random affine augmentation")
+    parser.add_argument("--hard-magnitude", type=float, default=0.3, help="HARD augmentor's magnitude")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     started = time.perf_counter()
 
     stimulus = stimuli.digits_stimuli(height=args.size, width=args.size)
-    v1 = v1_predictions(args.size, n_neurons=100, n_train=1500, epochs=10, images=stimulus["images"])
-    print(f"V1 model: validation correlation {v1['validation_correlation']:.3f}, test correlation to average "
-          f"{v1['test_correlation_to_average']:.3f} ({v1['seconds']:.0f} s); targets {v1['trained'].shape}")
-    results = {name: [run_method(name, stimulus, v1, seed, args.epochs) for seed in args.seeds]
-               for name in args.methods}
-    print(f"\nTest accuracy, mean +- std over seeds {args.seeds} ({len(stimulus['labels'])} digits of "
-          f"{args.size}x{args.size}; distortions averaged over strengths {distortions.STRENGTHS}; PGD "
-          f"{robustness.PGD})\n")
-    print(table(results, args.seeds))
+    results, v1 = {}, {}
+    if args.methods:
+        v1 = v1_predictions(args.size, n_neurons=100, n_train=1500, epochs=10, images=stimulus["images"])
+        print(f"V1 model: validation correlation {v1['validation_correlation']:.3f}, test correlation to average "
+              f"{v1['test_correlation_to_average']:.3f} ({v1['seconds']:.0f} s); targets {v1['trained'].shape}")
+        results = {name: [run_method(name, stimulus, v1, seed, args.epochs) for seed in args.seeds]
+                   for name in args.methods}
+        print(f"\nTest accuracy, mean +- std over seeds {args.seeds} ({len(stimulus['labels'])} digits of "
+              f"{args.size}x{args.size}; distortions averaged over strengths {distortions.STRENGTHS}; PGD "
+              f"{robustness.PGD})\n")
+        print(table(results, args.seeds))
     distilled = []
     if not args.no_distillation:
-        distilled = [run_distillation(stimulus, seed, args.epochs) for seed in args.seeds]
-        print("\nDistillation: teacher CNN (random affine augmentation) -> MLP student, test accuracy\n")
+        distilled = [run_distillation(stimulus, seed, args.epochs, args.teacher_augment, args.hard_magnitude)
+                     for seed in args.seeds]
+        print(f"\nDistillation: teacher CNN (random affine augmentation {args.teacher_augment}) -> MLP student, "
+              f"plain KD vs HARD (augmentor magnitude {args.hard_magnitude}); test accuracy, out of domain "
+              f"{distortions.OUT_OF_DOMAIN}\n")
         print(distillation_table(distilled))
     seconds = time.perf_counter() - started
     print(f"\n{seconds:.0f} s in all")

@@ -200,3 +200,13 @@ def test_deleting_a_classifier_removes_its_weights_and_its_students(db, classifi
     (vision.TrainedClassifier & key).delete(prompt=False)
     assert not vision.TrainedClassifier & key and not vision.DistilledClassifier & distilled
     assert [p.exists() for p in paths] == [False, False]
+
+
+def test_status_reads_the_vision_tables(classifiers):
+    from schemas.workers.status import table_status
+
+    rows = {r["table"]: r for r in table_status([vision.PredictedResponses, vision.TrainedClassifier,
+                                                 vision.RobustnessScore, vision.DistilledClassifier])}
+    trained = rows["vision.TrainedClassifier"]
+    assert trained["rows"] >= 3 and trained["total"] - trained["remaining"] == trained["rows"]
+    assert rows["vision.PredictedResponses"]["rows"] == 2

@@ -111,6 +111,8 @@ def run_distillation(stimulus: dict, seed: int, epochs: int, teacher_augment: fl
         out[name] = {**robustness.out_of_domain(student.eval(), test["images"], test["labels"]),
                      "teacher_queries": result.output["teacher_queries"],
                      "parameters": models.parameter_count(student)}
+        if "augmentor" in result.output:
+            out[name]["augmentor"] = result.output["augmentor"]
     return out
 
 
@@ -177,6 +179,11 @@ def main(argv: list[str] | None = None) -> dict:
               f"plain KD vs HARD (augmentor magnitude {args.hard_magnitude}); test accuracy, out of domain "
               f"{distortions.OUT_OF_DOMAIN}\n")
         print(distillation_table(distilled))
+        spread = np.mean([np.mean(r["hard"]["augmentor"]["std_deviation"]) for r in distilled])
+        shift = np.mean([np.abs(np.array(r["hard"]["augmentor"]["mean_deviation"])).max() for r in distilled])
+        print(f"HARD augmentor after training: spread (std) of its affine entries {spread:.3f}, largest mean "
+              f"deviation {shift:.3f}, bound {args.hard_magnitude} (a spread far below the bound: it has collapsed "
+              "onto nearly one transform)")
     seconds = time.perf_counter() - started
     print(f"\n{seconds:.0f} s in all")
     out = {

@@ -146,16 +146,16 @@ class PredictedResponses(dj.Computed):
         return names, dataset_config, model_config, seed, weights.decode("latin-1"), _pack(images)
 
     def make_compute(self, key, names, dataset_config, model_config, seed, weights, images):
-        images = _unpack(images)
         from pipeline import identity
         from pipeline.sysid import fitting
         from pipeline.vision import neural
 
+        images = _unpack(images)
         dataset_fn, model_fn = identity.resolve("dataset", names[0]), identity.resolve("model", names[1])
         if key["model_state"] == "trained":
             model, loaders = fitting.rebuild(dataset_fn, dataset_config, model_fn, model_config, seed,
                                              weights.encode("latin-1"), device="cpu")
-        else:
+        else:  # the builders seed the initialization: these are the weights training started from
             model, loaders = fitting.build(dataset_fn, dataset_config, model_fn, model_config, seed)
             model.eval()
         data_key = key["dataset_id"]

@@ -141,3 +141,14 @@ def test_classifier_builders_are_registered_and_validated():
     )
     with pytest.raises(identity.ConfigError, match=r"does not take config key\(s\) \['sim_weight'\]"):
         identity.normalize(training.similarity_regularized, {"sim_weight": 1.0})
+
+
+def test_hard_distillation_reports_queries_and_its_augmentor(trained):
+    teacher, loaders, _ = trained
+    student = models.digit_mlp(loaders, 0, hidden=8)
+    result = training.hard_distillation(student, loaders, 0, teacher=teacher, epochs=1, magnitude=0.25)
+    n_train = len(loaders["train"].dataset)
+    assert result.output["teacher_queries"] == 2 * n_train
+    summary = result.output["augmentor"]
+    assert summary["magnitude"] == 0.25
+    assert max(abs(v) for row in summary["mean_deviation"] for v in row) <= 0.25

@@ -277,7 +277,24 @@ def _distill(model, dataloaders, seed, progress, *, teacher, epochs, lr, weight_
     result = _fit(model, dataloaders, seed, progress, epochs=epochs, lr=lr, weight_decay=weight_decay,
                   batch_loss=batch_loss, parameters=list(model.parameters()))
     result.output["teacher_queries"] = queries["teacher"]
+    if augmentor is not None:
+        result.output["augmentor"] = augmentor_summary(augmentor)
     return result
+
+
+@torch.no_grad()
+def augmentor_summary(augmentor: SpatialAugmentor, n: int = 512) -> dict:
+    """Mean and spread of the augmentor's transforms: a spread far below ``magnitude`` means it has
+    collapsed onto one transform.
+
+    Returns
+    -------
+    dict with ``mean_deviation`` and ``std_deviation`` (2x3 lists: per affine entry, of theta - identity)
+    and ``magnitude``
+    """
+    deviation = augmentor.transforms(n, torch.Generator().manual_seed(0)).cpu() - augmentor.identity.cpu()
+    return {"mean_deviation": deviation.mean(0).tolist(), "std_deviation": deviation.std(0).tolist(),
+            "magnitude": augmentor.magnitude}
 
 
 @identity.register("vision_trainer", "knowledge_distillation")

@@ -97,15 +97,17 @@ def run_method(name: str, stimulus: dict, targets: dict, seed: int, epochs: int)
             "validation_accuracy": result.score, "seconds": result.output["seconds"]}
 
 
-def run_distillation(stimulus: dict, seed: int, epochs: int, teacher_augment: float, magnitude: float) -> dict:
+def run_distillation(stimulus: dict, seed: int, epochs: int, teacher_augment: float, magnitude: float,
+                     conditional: bool = False) -> dict:
     loaders = data.stimulus_split(seed, images=stimulus["images"], labels=stimulus["labels"])
     test = data.tier_arrays(loaders, "test")
     teacher = models.digit_cnn(loaders, seed, channels=[16, 32])
     training.plain_classifier(teacher, loaders, seed, epochs=epochs, augment_magnitude=teacher_augment)
     out = {"teacher": {**robustness.out_of_domain(teacher.eval(), test["images"], test["labels"]),
                        "parameters": models.parameter_count(teacher)}}
+    hard = {"magnitude": magnitude, "conditional": conditional}
     for name, trainer, extra in (("kd", training.knowledge_distillation, {}),
-                                 ("hard", training.hard_distillation, {"magnitude": magnitude})):
+                                 ("hard", training.hard_distillation, hard)):
         student = models.digit_mlp(loaders, seed, hidden=32)
         result = trainer(student, loaders, seed, teacher=teacher, epochs=epochs, **extra)
         out[name] = {**robustness.out_of_domain(student.eval(), test["images"], test["labels"]),
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--teacher-augment", type=float, default=0.3,
                         help="magnitude of the teacher's random affine augmentation")
     parser.add_argument("--hard-magnitude", type=float, default=0.3, help="HARD augmentor's magnitude")
+    parser.add_argument("--hard-conditional", action="store_true", help="HARD augmentor sees each image")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -173,8 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(table(results, args.seeds))
     distilled = []
     if not args.no_distillation:
-        distilled = [run_distillation(stimulus, seed, args.epochs, args.teacher_augment, args.hard_magnitude)
-                     for seed in args.seeds]
+        distilled = [run_distillation(stimulus, seed, args.epochs, args.teacher_augment, args.hard_magnitude,
+                                      args.hard_conditional) for seed in args.seeds]
         print(f"\nDistillation: teacher CNN (random affine augmentation {args.teacher_augment}) -> MLP student, "
               f"plain KD vs HARD (augmentor magnitude {args.hard_magnitude}); test accuracy, out of domain "
               f"{distortions.OUT_OF_DOMAIN}\n")

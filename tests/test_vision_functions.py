@@ -152,3 +152,14 @@ def test_hard_distillation_reports_queries_and_its_augmentor(trained):
     summary = result.output["augmentor"]
     assert summary["magnitude"] == 0.25
     assert max(abs(v) for row in summary["mean_deviation"] for v in row) <= 0.25
+
+
+def test_conditional_augmentor_gives_different_images_different_transforms_within_magnitude():
+    aug = augment.SpatialAugmentor(magnitude=0.3, conditional=True, code_size=1)
+    images = torch.rand(8, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theta = aug.transforms(8, torch.Generator().manual_seed(1), images)
+    assert float((theta - aug.identity).abs().max()) <= 0.3
+    assert float(theta.std(0).max()) > 1e-4
+    with pytest.raises(ValueError, match=r"a conditional augmentor needs the 8 images it transforms \(got None\)"):
+        aug.transforms(8)

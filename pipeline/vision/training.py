@@ -237,7 +237,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 def _distill(model, dataloaders, seed, progress, *, teacher, epochs, lr, weight_decay, temperature,
-             magnitude: float | None, augmentor_lr: float) -> TrainingResult:
+             magnitude: float | None, augmentor_lr: float, conditional: bool = False) -> TrainingResult:
     """Distil ``teacher`` into ``model`` on the train images (no labels); HARD when ``magnitude`` is given."""
     if teacher is None:
         raise ValueError("distillation needs a teacher (a trained classifier), got None")
@@ -248,7 +248,8 @@ def _distill(model, dataloaders, seed, progress, *, teacher, epochs, lr, weight_
         p.requires_grad_(False)
     augmentor = None
     if magnitude is not None:
-        augmentor = SpatialAugmentor(magnitude).to(device)
+        channels = int(dataloaders["train"].dataset.arrays["images"].shape[1])
+        augmentor = SpatialAugmentor(magnitude, conditional=conditional, channels=channels).to(device)
         augmentor_optimizer = torch.optim.Adam(augmentor.parameters(), lr=augmentor_lr)
     queries = {"teacher": 0}
 
@@ -278,21 +279,23 @@ def _distill(model, dataloaders, seed, progress, *, teacher, epochs, lr, weight_
                   batch_loss=batch_loss, parameters=list(model.parameters()))
     result.output["teacher_queries"] = queries["teacher"]
     if augmentor is not None:
-        result.output["augmentor"] = augmentor_summary(augmentor)
+        result.output["augmentor"] = augmentor_summary(augmentor, dataloaders["train"].dataset.arrays["images"])
     return result
 
 
 @torch.no_grad()
-def augmentor_summary(augmentor: SpatialAugmentor, n: int = 512) -> dict:
-    """Mean and spread of the augmentor's transforms: a spread far below ``magnitude`` means it has
-    collapsed onto one transform.
+def augmentor_summary(augmentor: SpatialAugmentor, images: torch.Tensor, n: int = 512) -> dict:
+    """Mean and spread of the augmentor's transforms of (up to ``n`` of) ``images`` (n, C, H, W): a
+    spread far below ``magnitude`` means it has collapsed onto one transform.
 
     Returns
     -------
     dict with ``mean_deviation`` and ``std_deviation`` (2x3 lists: per affine entry, of theta - identity)
     and ``magnitude``
     """
-    deviation = augmentor.transforms(n, torch.Generator().manual_seed(0)).cpu() - augmentor.identity.cpu()
+    images = torch.as_tensor(np.asarray(images[:n], dtype=np.float32)).to(augmentor.identity.device)
+    theta = augmentor.transforms(len(images), torch.Generator().manual_seed(0), images)
+    deviation = (theta - augmentor.identity).cpu()
     return {"mean_deviation": deviation.mean(0).tolist(), "std_deviation": deviation.std(0).tolist(),
             "magnitude": augmentor.magnitude}
 
@@ -333,14 +336,16 @@ def hard_distillation(
     temperature: float = 4.0,
     magnitude: float = 0.3,
     augmentor_lr: float = 3e-3,
+    conditional: bool = False,
 ) -> TrainingResult:
     """HARD: distillation on clean images plus images warped by an adversarial spatial augmentor.
 
     Each batch, the ``SpatialAugmentor`` (affine entries within ``magnitude`` of the identity)
     takes a gradient step up the teacher-student KL on its warped images, and the student a
     step down it on the same images (and on the clean ones). Costs two teacher queries per
-    image per epoch (plain KD: one).
+    image per epoch (plain KD: one). With ``conditional`` the augmentor sees each image.
+    ``output["augmentor"]`` (``augmentor_summary``) tells whether it collapsed onto one transform.
     """
     return _distill(model, dataloaders, seed, progress, teacher=teacher, epochs=epochs, lr=lr,
                     weight_decay=weight_decay, temperature=temperature, magnitude=magnitude,
-                    augmentor_lr=augmentor_lr)
+                    augmentor_lr=augmentor_lr, conditional=conditional)

@@ -70,7 +70,7 @@ def text_output(notebook) -> str:
 
 
 def test_there_are_five_notebooks():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "08"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -87,3 +87,5 @@ def test_notebook_runs_start_to_end(path, demo_env):
     if path.name.startswith("05"):
         (difference,) = re.findall(r"largest difference ([0-9.e+-]+)", out)
         assert float(difference) < 1e-5
+    if path.name.startswith("08"):
+        assert "strength 0 is the identity: True" in out and "RobustnessScore 4 rows" in out

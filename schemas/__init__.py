@@ -84,22 +84,21 @@ def activate(prefix: str | None = None, *, connection: dj.Connection | None = No
     connection
         A DataJoint connection, default the one ``schemas.database.connect()`` selects.
     create
-        False for a read-only look: nothing is created on the server, and ``SchemasMissing`` is
-        raised when a stage's schema does not exist under ``prefix``.
+        False for a read-only look: nothing is created on the server; ``SchemasMissing`` is
+        raised when no stage's schema exists under ``prefix``, and stages whose schema does not
+        exist (a stage added by a newer version of the pipeline) are left out of ``tables()``.
     """
     from . import database
 
     prefix = validate_prefix(default_prefix() if prefix is None else prefix)
     connection = connection or database.connect()
-    if not create:
-        existing = set(dj.list_schemas(connection=connection))
-        missing = [prefix + stage for stage in STAGES if prefix + stage not in existing]
-        if missing:
-            found = sorted({name[: -len(stage)] for name in existing for stage in STAGES[:1] if name.endswith(stage)})
-            raise SchemasMissing(
-                f"no pipeline schemas with prefix {prefix!r} on this server (missing: {', '.join(missing)}); "
-                + (f"prefixes found: {', '.join(found)}" if found else "no pipeline schemas found at all")
-            )
+    existing = None if create else set(dj.list_schemas(connection=connection))
+    if existing is not None and not any(prefix + stage in existing for stage in STAGES):
+        found = sorted({name[: -len(stage)] for name in existing for stage in STAGES[:1] if name.endswith(stage)})
+        raise SchemasMissing(
+            f"no pipeline schemas with prefix {prefix!r} on this server; "
+            + (f"prefixes found: {', '.join(found)}" if found else "no pipeline schemas found at all")
+        )
     for module in stage_modules():
         schema: dj.Schema = module.schema
         name = prefix + module.__name__.rsplit(".", 1)[1]
@@ -107,6 +106,8 @@ def activate(prefix: str | None = None, *, connection: dj.Connection | None = No
             continue
         if schema.database is not None:  # rebinding to another prefix or server
             schema.database = None
+        if existing is not None and name not in existing:
+            continue  # read-only: a stage this database does not have yet
         schema.activate(name, connection=connection, create_schema=create, create_tables=create)
     _active.update(prefix=prefix, connection=connection)
     if create:
@@ -126,6 +127,8 @@ def tables() -> list[type]:
     """Every master table class of every stage, in dependency order."""
     out = []
     for module in stage_modules():
+        if module.schema.database is None:  # not activated (read-only look at an older database)
+            continue
         for cls, _context in module.schema.declare_list:
             out.append(cls)
     return out
@@ -150,7 +153,15 @@ def table(name: str) -> type:
 
 
 def drop_all(prefix: str, connection: dj.Connection) -> None:
-    """Drop every stage's schema under ``prefix`` (tests and throwaway demos)."""
+    """Drop every schema under ``prefix`` (tests and throwaway demos).
+
+    Schemas of extra modules (a lab's own tables, ``pipeline worker --module``) depend on the
+    stages and go first; then the stages, last to first.
+    """
+    stage_names = {prefix + module.__name__.rsplit(".", 1)[1] for module in stage_modules()}
+    for name in dj.list_schemas(connection=connection):
+        if name.startswith(prefix) and name not in stage_names:
+            dj.Schema(name, connection=connection, create_schema=False).drop(prompt=False)
     for module in reversed(stage_modules()):
         name = prefix + module.__name__.rsplit(".", 1)[1]
         schema = dj.Schema(name, connection=connection, create_schema=False) if _exists(name, connection) else None

@@ -27,6 +27,9 @@ DEFAULT_MODULES: dict[str, tuple[str, ...]] = {
     "model": ("pipeline.sysid.models",),
     "trainer": ("pipeline.sysid.training",),
     "response": ("pipeline.sysid.responses",),
+    # the optional behaviour stage: imported only when a pose builder is resolved
+    "pose_data": ("pipeline.behavior.data",),
+    "pose_model": ("pipeline.behavior.estimators",),
 }
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}

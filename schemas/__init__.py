@@ -4,6 +4,10 @@ Importing this package touches no database. ``activate(prefix)`` connects (see
 ``schemas.database``), declares every stage's schema as ``<prefix><stage>`` and the jobs
 tables of every auto-populated table (so that workers starting together never race to create
 them). Activating again with another prefix or connection rebinds the tables to it.
+
+Optional stages (``OPTIONAL_STAGES``, e.g. ``behavior``) are imported and declared only when
+``activate(prefix, optional=[...])`` asks for them; until then ``tables()``, ``auto_tables()``
+and ``table()`` do not know them, and the core never imports their modules.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ logging.getLogger("datajoint").addFilter(_JobsTableTypeNotice())
 
 # in dependency order: a stage only references tables of the stages before it
 STAGES = ("imaging", "spikes", "sysid", "workers")
+# stages declared only on request, after the core ones
+OPTIONAL_STAGES = ("behavior",)
 DEFAULT_PREFIX = "v1_"
 
-_active: dict = {"prefix": None, "connection": None}
+_active: dict = {"prefix": None, "connection": None, "optional": ()}
 
 
 def default_prefix() -> str:
@@ -46,12 +52,15 @@ def default_prefix() -> str:
     return os.environ.get("PIPELINE_PREFIX", DEFAULT_PREFIX)
 
 
-def stage_modules() -> list[ModuleType]:
-    """The stage modules (imported, not activated)."""
-    return [importlib.import_module(f"schemas.{stage}") for stage in STAGES]
+def stage_modules(optional: tuple[str, ...] | None = None) -> list[ModuleType]:
+    """The core stage modules and the ``optional`` ones (default: those activated), imported, not activated."""
+    optional = _active["optional"] if optional is None else optional
+    return [importlib.import_module(f"schemas.{stage}") for stage in STAGES + tuple(optional)]
 
 
-def activate(prefix: str | None = None, *, connection: dj.Connection | None = None) -> str:
+def activate(
+    prefix: str | None = None, *, connection: dj.Connection | None = None, optional: tuple[str, ...] | list[str] = ()
+) -> str:
     """Declare every stage's schema as ``<prefix><stage>`` on ``connection``; return the prefix.
 
     Parameters
@@ -60,12 +69,18 @@ def activate(prefix: str | None = None, *, connection: dj.Connection | None = No
         Schema-name prefix, default ``default_prefix()``.
     connection
         A DataJoint connection, default the one ``schemas.database.connect()`` selects.
+    optional
+        Optional stages to declare too (names of ``OPTIONAL_STAGES``, e.g. ``["behavior"]``).
     """
     from . import database
 
+    unknown = sorted(set(optional) - set(OPTIONAL_STAGES))
+    if unknown:
+        raise ValueError(f"optional stage(s) {unknown} (expected some of: {list(OPTIONAL_STAGES)})")
+    optional = tuple(stage for stage in OPTIONAL_STAGES if stage in optional)
     prefix = default_prefix() if prefix is None else prefix
     connection = connection or database.connect()
-    for module in stage_modules():
+    for module in stage_modules(optional):
         schema: dj.Schema = module.schema
         name = prefix + module.__name__.rsplit(".", 1)[1]
         if schema.database == name and schema.connection is connection:
@@ -73,7 +88,7 @@ def activate(prefix: str | None = None, *, connection: dj.Connection | None = No
         if schema.database is not None:  # rebinding to another prefix or server
             schema.database = None
         schema.activate(name, connection=connection)
-    _active.update(prefix=prefix, connection=connection)
+    _active.update(prefix=prefix, connection=connection, optional=optional)
     for table in auto_tables():
         jobs = table().jobs
         if not jobs.is_declared:
@@ -119,9 +134,9 @@ def table(name: str) -> type:
 
 
 def drop_all(prefix: str, connection: dj.Connection) -> None:
-    """Drop every stage's schema under ``prefix`` (tests and throwaway demos)."""
-    for module in reversed(stage_modules()):
-        name = prefix + module.__name__.rsplit(".", 1)[1]
+    """Drop every stage's schema under ``prefix``, optional ones included (tests and throwaway demos)."""
+    for stage in reversed(STAGES + OPTIONAL_STAGES):
+        name = prefix + stage
         schema = dj.Schema(name, connection=connection, create_schema=False) if _exists(name, connection) else None
         if schema is not None:
             schema.drop(prompt=False)

@@ -93,7 +93,7 @@ def observe(
     if occlusion_rate > 0:
         # run starts at a rate that leaves occlusion_rate of frames covered by runs of the given length
         starts = rng.random((S, F, J)) < occlusion_rate / occlusion_frames
-        for offset in range(occlusion_frames):
+        for offset in range(min(occlusion_frames, F)):
             occluded[:, offset:] |= starts[:, : F - offset]
         occluded[..., 0] = False
     clean = project(camera, joints)

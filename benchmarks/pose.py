@@ -30,10 +30,10 @@ from pipeline.behavior import data, estimators, metrics  # noqa: E402
 
 # label: (builder, config); steps are scaled by --steps-scale
 MODELS = {
-    "cgnf": ("cgnf", {"steps": 3000}),
-    "min_mpjpe": ("min_mpjpe", {"steps": 3000}),
-    "diffusion_sequence": ("motion_diffusion", {"frames": 16, "steps": 3000}),
-    "diffusion_per_frame": ("motion_diffusion", {"frames": 1, "steps": 3000}),
+    "cgnf": ("cgnf", {"steps": 2000}),
+    "min_mpjpe": ("min_mpjpe", {"steps": 2000}),
+    "diffusion_sequence": ("motion_diffusion", {"frames": 16, "steps": 2000}),
+    "diffusion_per_frame": ("motion_diffusion", {"frames": 1, "steps": 2000}),
 }
 
 
@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--train-sequences", type=int, default=1000)
     parser.add_argument("--train-frames", type=int, default=32)
-    parser.add_argument("--test-sequences", type=int, default=100)
+    parser.add_argument("--test-sequences", type=int, default=60)
     parser.add_argument("--test-frames", type=int, default=16, help="frames per test clip (the diffusion window)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every model's training steps")
+    parser.add_argument("--guidance-scale", type=float, help="override the diffusion models' guidance scale")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     for label in args.models:
         builder, config = MODELS[label]
         config = {**config, "steps": max(1, int(round(config["steps"] * args.steps_scale)))}
+        if builder == "motion_diffusion" and args.guidance_scale is not None:
+            config["guidance_scale"] = args.guidance_scale
         fit = estimators.train(builder, config, train, seed=args.seed)
         scores = evaluate(fit.model, test)
         result["models"][label] = {"builder": builder, "config": config, "train_seconds": fit.wall_time,

@@ -13,6 +13,7 @@ every file of this schema that no row references.
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 import datajoint as dj
@@ -150,6 +151,11 @@ def load_pose_model(key: dict):
     return estimators.rebuild(model_row["builder"], _json(model_row["config"]), row["n_joints"], row["weights"].read())
 
 
+def sampling_seed(key: dict) -> int:
+    """The seed of a recording's hypotheses: its id and the model's seed, so that a recomputed row is the same row."""
+    return zlib.crc32(key["recording_id"].encode()) + int(key["seed"])
+
+
 @schema
 class PoseHypotheses(dj.Computed):
     definition = """
@@ -182,9 +188,7 @@ class PoseHypotheses(dj.Computed):
         from pipeline.behavior import estimators
 
         model = estimators.rebuild(builder, config, keypoints.shape[1], weights.encode("latin-1"))
-        # the recording's id seeds the sampling, so that a recomputed row is the same row
-        seed = int.from_bytes(key["recording_id"].encode()[:4].ljust(4, b"\0"), "little") + int(key["seed"])
-        return (model.sample(keypoints, confidence, seed=seed).astype(np.float32),)
+        return (model.sample(keypoints, confidence, seed=sampling_seed(key)).astype(np.float32),)
 
     def make_insert(self, key, hypotheses):
         self.insert1({**key, "n_hypotheses": hypotheses.shape[0], "n_frames": hypotheses.shape[1],

@@ -39,6 +39,11 @@ def mpjpe(prediction: np.ndarray, truth: np.ndarray) -> float:
     ----------
     prediction, truth
         ``(..., joints, 3)`` of equal shape.
+
+    Examples
+    --------
+    >>> mpjpe(np.array([[[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]]]), np.zeros((1, 2, 3)))
+    3.0
     """
     prediction = np.asarray(prediction, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
@@ -104,6 +109,14 @@ def calibration_curve(
     -------
     ndarray
         ``(joints, levels)`` observed coverage; NaN for a joint with no instance in ``mask``.
+
+    Examples
+    --------
+    Hypotheses that all miss on the same side never cover the truth:
+
+    >>> truth = np.zeros((10, 1, 3))
+    >>> calibration_curve(truth[None] + np.ones((99, 1, 1, 1)), truth, levels=[0.5, 0.9]).tolist()
+    [[0.0, 0.0]]
     """
     hypotheses, truth = _check(hypotheses, truth)
     n = hypotheses.shape[0]

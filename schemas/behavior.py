@@ -6,8 +6,9 @@ stages never import it. A ``Recording`` is keyed by its own id; linking it to th
 a scan) is left for when real keypoints arrive. Pose models are trained on 3D data alone
 (``PoseTrainingSet``, a simulated stick figure here) and applied to any recording's keypoints.
 
-Deleting rows leaves the weights in the ``models`` store: ``collect_garbage()`` removes
-every file of this schema that no row references.
+Deleting a ``TrainedPoseModel`` through its ``delete()`` removes its weights; rows removed by
+a cascade from further upstream leave them behind: ``collect_garbage()`` removes every file of
+this schema that no row references.
 """
 
 from __future__ import annotations
@@ -136,6 +137,17 @@ class TrainedPoseModel(dj.Computed):
     def make_insert(self, key, n_joints, final_loss, history, weights, provenance):
         self.insert1({**key, "n_joints": n_joints, "final_loss": final_loss, "history": history,
                       "weights": (".pt", weights), "provenance": provenance})
+
+    def delete(self, *args, **kwargs):
+        """Delete rows (and their hypotheses and scores) and their stored weights."""
+        refs = [row["weights"] for row in self.to_dicts()] if len(self) else []
+        count = super().delete(*args, **kwargs)
+        collector = dj.gc.GarbageCollector(schema, store="models")
+        referenced = collector.schema_references()  # a declined delete keeps its rows and files
+        for ref in refs:
+            if ref.path not in referenced:
+                collector.delete_schema_path(ref.path)
+        return count
 
 
 def load_pose_model(key: dict):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -64,7 +66,7 @@ def test_behavior_stage_populates_end_to_end(db, behavior):
         assert behavior._json(row["provenance"])["seed"] == 0
 
 
-def test_stored_weights_resample_the_stored_hypotheses(db, behavior):
+def test_stored_weights_resample_the_stored_hypotheses_and_go_with_their_row(db, behavior):
     from schemas import params
 
     behavior.insert_simulated_recording("sim_resample", 12, seed=7)
@@ -81,6 +83,12 @@ def test_stored_weights_resample_the_stored_hypotheses(db, behavior):
     again = model.sample(recording["keypoints"], recording["confidence"], seed=behavior.sampling_seed(key))
     assert stored.shape == (5, 12, 11, 3)
     assert np.abs(again - stored).max() < 1e-5
+
+    weights = Path((behavior.TrainedPoseModel & key).fetch1("weights").full_path)
+    assert weights.is_file()
+    (behavior.TrainedPoseModel & key).delete(prompt=False)
+    assert not behavior.PoseHypotheses & key
+    assert not weights.exists()
 
 
 def test_a_pose_config_the_builder_does_not_take_is_rejected_at_insert(db, behavior):

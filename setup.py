@@ -27,6 +27,7 @@ setup(
         "h5py>=3.9,<4",
         "platformdirs>=3,<5",
         "tqdm>=4.65,<5",
+        "matplotlib>=3.7,<4",  # pipeline report, the notebooks' figures
         "numba>=0.59,<0.63",  # spikes: the O(T) AR(1) deconvolution loop
     ],
     extras_require={
@@ -38,7 +39,12 @@ setup(
             "ipykernel>=6.25,<8",
             "matplotlib>=3.7,<4",
             "submitit>=1.5,<2",  # the SLURM launch path is tested through submitit's local executor
+            # a remote raw store is tested against a real S3 server on localhost (moto's server)
+            "moto[server]>=5.1,<6",
+            "s3fs>=2024.6,<2027",
         ],
+        # stores on S3/MinIO (DataJoint reaches them through fsspec's s3fs)
+        "s3": ["s3fs>=2024.6,<2027"],
         "slurm": ["submitit>=1.5,<2"],
     },
     entry_points={"console_scripts": ["pipeline=schemas.cli:main"]},

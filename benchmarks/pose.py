@@ -1,4 +1,4 @@
-"""Benchmark of the pose models on held-out synthetic sequences: calibration (cGNF vs minMPJPE) and jitter (sequences vs frames).
+"""Pose models on held-out synthetic sequences: calibration (cGNF vs minMPJPE), jitter (sequences vs frames).
 
 Trains every model on simulated stick-figure sequences (3D ground truth; the diffusion models
 see only the 3D motion), samples hypotheses for held-out sequences from their 2D keypoints
@@ -40,7 +40,9 @@ MODELS = {
 def evaluate(model: estimators.PoseModel, test: data.PoseData) -> dict:
     """Scores pooled over every test frame (calibration needs many independent poses)."""
     started = time.perf_counter()
-    samples = np.stack([model.sample(test.keypoints[s], test.confidence[s], seed=s) for s in range(len(test.keypoints))], 1)
+    samples = np.stack(
+        [model.sample(test.keypoints[s], test.confidence[s], seed=s) for s in range(len(test.keypoints))], 1
+    )
     sample_time = time.perf_counter() - started
     N, S, F = samples.shape[:3]
     pooled = samples.reshape(N, S * F, -1, 3)[..., 1:, :] * 1000  # mm, root excluded

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import identity  # noqa: E402
+from pipeline.device import choose_device  # noqa: E402
 from pipeline.sysid import data, metrics, models, training  # noqa: E402,F401
 
 PEER_PYTHON = ROOT.parent / "peers" / "np" / "bin" / "python"
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         report = {
             "dataset": str(folder) if args.dataset else "simulated",
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "device": str(training.default_device()),
+            "device": str(choose_device()),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "oracle": oracle(folder),

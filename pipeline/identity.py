@@ -33,6 +33,11 @@ DEFAULT_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}
+# builder function -> its validation hook; keyed by function so that a builder resolved by a
+# dotted path is validated exactly like one resolved by its short name
+_VALIDATORS: dict[Callable, Callable[[dict[str, Any]], None]] = {}
+
+Validator = Callable[[dict[str, Any]], None]
 
 
 class ConfigError(ValueError):
@@ -43,8 +48,23 @@ class UnknownBuilderError(LookupError):
     """A builder name that does not resolve."""
 
 
-def register(kind: str, name: str | None = None) -> Callable[[Callable], Callable]:
-    """Decorator: register ``fn`` as a builder of ``kind`` under ``name`` (default: its name)."""
+def register(
+    kind: str, name: str | None = None, *, validate: Validator | None = None
+) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn`` as a builder of ``kind`` under ``name`` (default: its name).
+
+    Parameters
+    ----------
+    kind
+        ``"model"``, ``"trainer"``, ``"dataset"``, ``"imaging"``, ...
+    name
+        The short name configs use; default the function's name.
+    validate
+        The builder's validation hook: called by :func:`normalize` with the full, typed config;
+        raises ``ValueError`` naming a value the builder cannot take and what it expects
+        (e.g. ``layers = -1 (expected >= 1)``), so that a bad config fails when it is
+        inserted, not when a worker builds it. :func:`bounds` makes the common one.
+    """
 
     def decorate(fn: Callable) -> Callable:
         key = name or fn.__name__
@@ -52,9 +72,54 @@ def register(kind: str, name: str | None = None) -> Callable[[Callable], Callabl
         if key in table and table[key] is not fn:
             raise ValueError(f"{kind} builder {key!r} is registered twice ({table[key]!r} and {fn!r})")
         table[key] = fn
+        if validate is not None:
+            _VALIDATORS[fn] = validate
         return fn
 
     return decorate
+
+
+def bounds(
+    *,
+    minimum: dict[str, float] | None = None,
+    above: dict[str, float] | None = None,
+    maximum: dict[str, float] | None = None,
+) -> Validator:
+    """A validation hook that checks numeric config values against limits.
+
+    Parameters
+    ----------
+    minimum
+        ``{key: low}``: the value must be >= low.
+    above
+        ``{key: low}``: the value must be > low (a learning rate, a width).
+    maximum
+        ``{key: high}``: the value must be <= high.
+
+    Examples
+    --------
+    >>> check = bounds(minimum={"layers": 1})
+    >>> check({"layers": 0})
+    Traceback (most recent call last):
+    ...
+    ValueError: layers = 0 (expected >= 1)
+    """
+    rules = [(k, ">=", v) for k, v in (minimum or {}).items()]
+    rules += [(k, ">", v) for k, v in (above or {}).items()]
+    rules += [(k, "<=", v) for k, v in (maximum or {}).items()]
+
+    def check(config: dict[str, Any]) -> None:
+        for key, op, limit in rules:
+            value = config.get(key)
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue  # types are normalize's job; None means "not used"
+            ok = math.isfinite(value) and (
+                value >= limit if op == ">=" else value > limit if op == ">" else value <= limit
+            )
+            if not ok:
+                raise ValueError(f"{key} = {value!r} (expected {op} {limit!r})")
+
+    return check
 
 
 def registered(kind: str) -> list[str]:
@@ -119,7 +184,13 @@ def normalize(fn: Callable, config: dict[str, Any] | None = None, *, name: str |
     The builder's keyword-only parameters are its config. Defaults are merged in; a key it
     does not take, or a required key that is missing, is an error; values are coerced to the
     type of the default (or the annotation) where that loses nothing (``1`` -> ``1.0`` for a
-    float, a tuple -> a list), and rejected where it would (``"1"`` for an int).
+    float, a tuple -> a list), and rejected where it would (``"1"`` for an int). Last, the
+    builder's validation hook (``register(..., validate=)``) checks the values.
+
+    Raises
+    ------
+    ConfigError
+        An unknown or missing key, a value of the wrong type, or one the hook rejects.
 
     Returns
     -------
@@ -144,7 +215,16 @@ def normalize(fn: Callable, config: dict[str, Any] | None = None, *, name: str |
         else:
             raise ConfigError(f"{label} needs config key {key!r} (no default)")
         out[key] = _coerce(plain(value), p.default, hints.get(key), f"{label}.{key}")
-    return dict(sorted(out.items()))
+    out = dict(sorted(out.items()))
+    check = _VALIDATORS.get(fn)
+    if check is not None:
+        try:
+            check(out)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{label}: {error}") from None
+    return out
 
 
 def _type_hints(fn: Callable) -> dict[str, Any]:
@@ -223,8 +303,3 @@ def config_hash(config: dict[str, Any], *, builder: str | None = None) -> str:
     """32-hex-digit content hash of a (normalized) config, optionally with its builder name."""
     payload = json.dumps(["v1", builder, _tagged(plain(config))], separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def canonical_json(config: dict[str, Any]) -> str:
-    """A stable JSON text of a normalized config, stored beside its hash for humans."""
-    return json.dumps(plain(config), sort_keys=True, separators=(",", ":"), allow_nan=True)

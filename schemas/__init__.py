@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import warnings
 from types import ModuleType
 
@@ -46,6 +47,28 @@ DEFAULT_PREFIX = "v1_"
 
 _active: dict = {"prefix": None, "connection": None, "optional": ()}
 
+# schema names are quoted by DataJoint, but a prefix is also a word users type, a folder name in
+# the stores and part of every table name: lower-case letters, digits and underscores only
+_PREFIX = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+class PrefixError(ValueError):
+    """A schema prefix that is not a valid name."""
+
+
+class SchemasMissing(LookupError):
+    """A read-only look at a prefix whose schemas do not exist on the server."""
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a valid schema-name prefix, else raise ``PrefixError`` saying why."""
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+        raise PrefixError(
+            f"schema prefix {prefix!r} is not valid (expected 1-32 characters: a lower-case letter, then "
+            "lower-case letters, digits or underscores, e.g. 'v1_')"
+        )
+    return prefix
+
 
 def default_prefix() -> str:
     """The schema prefix: ``PIPELINE_PREFIX`` or ``"v1_"``."""
@@ -59,16 +82,23 @@ def stage_modules(optional: tuple[str, ...] | None = None) -> list[ModuleType]:
 
 
 def activate(
-    prefix: str | None = None, *, connection: dj.Connection | None = None, optional: tuple[str, ...] | list[str] = ()
+    prefix: str | None = None,
+    *,
+    connection: dj.Connection | None = None,
+    create: bool = True,
+    optional: tuple[str, ...] | list[str] = (),
 ) -> str:
     """Declare every stage's schema as ``<prefix><stage>`` on ``connection``; return the prefix.
 
     Parameters
     ----------
     prefix
-        Schema-name prefix, default ``default_prefix()``.
+        Schema-name prefix, default ``default_prefix()``; see ``validate_prefix``.
     connection
         A DataJoint connection, default the one ``schemas.database.connect()`` selects.
+    create
+        False for a read-only look: nothing is created on the server, and ``SchemasMissing`` is
+        raised when a stage's schema does not exist under ``prefix``.
     optional
         Optional stages to declare too (names of ``OPTIONAL_STAGES``, e.g. ``["behavior"]``).
     """
@@ -78,8 +108,17 @@ def activate(
     if unknown:
         raise ValueError(f"optional stage(s) {unknown} (expected some of: {list(OPTIONAL_STAGES)})")
     optional = tuple(stage for stage in OPTIONAL_STAGES if stage in optional)
-    prefix = default_prefix() if prefix is None else prefix
+    prefix = validate_prefix(default_prefix() if prefix is None else prefix)
     connection = connection or database.connect()
+    if not create:
+        existing = set(dj.list_schemas(connection=connection))
+        missing = [prefix + stage for stage in STAGES + optional if prefix + stage not in existing]
+        if missing:
+            found = sorted({name[: -len(stage)] for name in existing for stage in STAGES[:1] if name.endswith(stage)})
+            raise SchemasMissing(
+                f"no pipeline schemas with prefix {prefix!r} on this server (missing: {', '.join(missing)}); "
+                + (f"prefixes found: {', '.join(found)}" if found else "no pipeline schemas found at all")
+            )
     for module in stage_modules(optional):
         schema: dj.Schema = module.schema
         name = prefix + module.__name__.rsplit(".", 1)[1]
@@ -87,23 +126,19 @@ def activate(
             continue
         if schema.database is not None:  # rebinding to another prefix or server
             schema.database = None
-        schema.activate(name, connection=connection)
+        schema.activate(name, connection=connection, create_schema=create, create_tables=create)
     _active.update(prefix=prefix, connection=connection, optional=optional)
-    for table in auto_tables():
-        jobs = table().jobs
-        if not jobs.is_declared:
-            jobs.declare()
+    if create:
+        for table in auto_tables():
+            jobs = table().jobs
+            if not jobs.is_declared:
+                jobs.declare()
     return prefix
 
 
 def active_prefix() -> str | None:
     """The prefix of the last ``activate()``, or None."""
     return _active["prefix"]
-
-
-def require_active() -> None:
-    if _active["prefix"] is None:
-        raise RuntimeError("schemas are not activated: call schemas.activate(prefix) first")
 
 
 def tables() -> list[type]:

@@ -7,26 +7,21 @@ a scan) is left for when real keypoints arrive. Pose models are trained on 3D da
 (``PoseTrainingSet``, a simulated stick figure here) and applied to any recording's keypoints.
 
 Deleting a ``TrainedPoseModel`` through its ``delete()`` removes its weights; rows removed by
-a cascade from further upstream leave them behind: ``collect_garbage()`` removes every file of
-this schema that no row references.
+a cascade from further upstream leave them behind: ``schemas.stores.collect_garbage()`` (``pipeline
+gc``), run where this stage is activated, removes every stored file that no row references.
 """
 
 from __future__ import annotations
 
-import json
 import zlib
-from typing import Any
 
 import datajoint as dj
 import numpy as np
 
 from . import params
+from .values import bytes_as_text, json_value, text_as_bytes
 
 schema = dj.Schema()
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
 
 
 @schema
@@ -122,8 +117,13 @@ class TrainedPoseModel(dj.Computed):
     def make_fetch(self, key):
         data_row = (PoseTrainingSet & key).fetch1()
         model_row = (PoseModelConfig & key).fetch1()
-        return (data_row["builder"], _json(data_row["config"]), model_row["builder"], _json(model_row["config"]),
-                int(key["seed"]))
+        return (
+            data_row["builder"],
+            json_value(data_row["config"]),
+            model_row["builder"],
+            json_value(model_row["config"]),
+            int(key["seed"]),
+        )
 
     def make_compute(self, key, data_builder, data_config, model_builder, model_config, seed):
         from pipeline import identity
@@ -160,7 +160,8 @@ def load_pose_model(key: dict):
     (full,) = rows
     model_row = (PoseModelConfig & full).fetch1()
     row = (TrainedPoseModel & full).fetch1()
-    return estimators.rebuild(model_row["builder"], _json(model_row["config"]), row["n_joints"], row["weights"].read())
+    config = json_value(model_row["config"])
+    return estimators.rebuild(model_row["builder"], config, row["n_joints"], row["weights"].read())
 
 
 def sampling_seed(key: dict) -> int:
@@ -192,14 +193,13 @@ class PoseHypotheses(dj.Computed):
         model_row = (PoseModelConfig & key).fetch1()
         weights = (TrainedPoseModel & key).fetch1("weights").read()
         recording = (Recording & key).fetch1()
-        # as text (latin-1 maps bytes 1:1): populate hashes the fetched data and cannot hash bytes
-        return (model_row["builder"], _json(model_row["config"]), weights.decode("latin-1"),
+        return (model_row["builder"], json_value(model_row["config"]), bytes_as_text(weights),
                 np.asarray(recording["keypoints"]), np.asarray(recording["confidence"]))
 
     def make_compute(self, key, builder, config, weights, keypoints, confidence):
         from pipeline.behavior import estimators
 
-        model = estimators.rebuild(builder, config, keypoints.shape[1], weights.encode("latin-1"))
+        model = estimators.rebuild(builder, config, keypoints.shape[1], text_as_bytes(weights))
         return (model.sample(keypoints, confidence, seed=sampling_seed(key)).astype(np.float32),)
 
     def make_insert(self, key, hypotheses):
@@ -250,7 +250,3 @@ class PoseScore(dj.Computed):
             }
         )
 
-
-def collect_garbage(dry_run: bool = False) -> dict:
-    """Remove weights of this schema that no row references (after deletes); the ``dj.gc`` report."""
-    return dj.gc.GarbageCollector(schema, store="models").collect(dry_run=dry_run)

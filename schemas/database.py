@@ -208,13 +208,23 @@ def target(*, start: bool = True) -> Target:
 
 
 def configure_stores() -> dict[str, dict]:
-    """Give every named store a folder in the pipeline home unless DataJoint's settings set it."""
+    """Give every named store a folder in the pipeline home unless DataJoint's settings set it.
+
+    Files written from then on follow ``$PIPELINE_STORE_PERMISSIONS`` (default private: 0600,
+    folders 0700; see ``schemas.stores.apply_permissions``).
+    """
+    from . import stores as store_files
+
     stores = dict(dj.config.stores)
+    own = []
     for name in STORES:
+        location = home() / "stores" / name
         if name not in stores:
-            location = home() / "stores" / name
             location.mkdir(parents=True, exist_ok=True)
             stores[name] = {"protocol": "file", "location": str(location)}
+        if stores[name].get("location") == str(location):
+            own += [location.parent, location]
+    store_files.apply_permissions(own)
     dj.config.stores = stores
     return {name: stores[name] for name in STORES}
 
@@ -249,12 +259,102 @@ def connect(*, reset: bool = False) -> dj.Connection:
         log.setLevel(level)
 
 
+class DatabaseGone(DatabaseUnavailable):
+    """The server stayed unreachable for longer than a worker was told to wait."""
+
+
+# what a dropped connection looks like, by backend: DataJoint translates some into
+# LostConnectionError, but PostgreSQL's "server closed the connection unexpectedly"
+# (OperationalError without an SQLSTATE) and "connection already closed" (InterfaceError) pass
+# through untranslated, as do errors raised while connecting to a server that is down
+_CONNECTION_MESSAGES = (
+    "server closed the connection", "connection already closed", "connection refused", "lost connection",
+    "server has gone away", "can't connect", "could not connect", "terminating connection", "connection not open",
+    "no such file or directory", "the database system is starting up", "the database system is shutting down",
+    "broken pipe", "connection reset", "interface error", "server connection lost", "connection timed out",
+    "connection was lost",
+)
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """True when ``error`` (or its cause) is a lost or refused database connection, on either backend."""
+    while error is not None:
+        if isinstance(error, dj.errors.LostConnectionError):
+            return True
+        name = type(error).__name__
+        text = str(error).lower()
+        module = type(error).__module__
+        if module.startswith(("pymysql", "psycopg2")) and name in ("OperationalError", "InterfaceError"):
+            if any(message in text for message in _CONNECTION_MESSAGES) or name == "InterfaceError":
+                return True
+        if isinstance(error, (ConnectionError, BrokenPipeError)):
+            return True
+        if any(message in text for message in _CONNECTION_MESSAGES) and module.startswith(("pymysql", "psycopg2",
+                                                                                          "datajoint")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def ensure_connected(connection: dj.Connection) -> bool:
     """Probe ``connection`` with ``SELECT 1``; reconnect if the server dropped it. True if it did."""
     try:
-        connection.query("SELECT 1").fetchall()
+        connection.query("SELECT 1", reconnect=False).fetchall()
         return False
-    except Exception:
-        connection.connect()
-        connection.query("SELECT 1").fetchall()
+    except Exception as error:
+        if not is_connection_error(error):
+            raise
+    connection.connect()
+    connection.query("SELECT 1", reconnect=False).fetchall()
+    # a new session: no transaction is open on it, whatever DataJoint's flag says
+    connection._in_transaction = False
+    connection.connection_id = connection.adapter.get_connection_id(connection._conn)
+    return True
+
+
+def wait_for_connection(
+    connection: dj.Connection, *, give_up_after: float | None = 3600.0, first_wait: float = 0.5,
+    longest_wait: float = 30.0, log=None, stop=lambda: False,
+) -> int:
+    """Reconnect ``connection``, waiting out a server restart; return the number of failed attempts.
+
+    Waits ``first_wait`` seconds after the first failure, doubling up to ``longest_wait``, and
+    logs one line per attempt. Raises ``DatabaseGone`` once ``give_up_after`` seconds have passed
+    without a connection (``None``: wait for ever), or as soon as ``stop()`` is true.
+    """
+    import time
+
+    started = time.monotonic()
+    wait = first_wait
+    attempt = 0
+    while True:
+        try:
+            ensure_connected(connection)
+            if attempt and log is not None:
+                log.warning("database reachable again after %d attempt(s), %.1f s", attempt,
+                            time.monotonic() - started)
+            return attempt
+        except Exception as error:  # noqa: BLE001 - only connection errors are waited out
+            if not is_connection_error(error):
+                raise
+            attempt += 1
+            waited = time.monotonic() - started
+            if stop() or (give_up_after is not None and waited + wait > give_up_after):
+                raise DatabaseGone(
+                    f"database unreachable for {waited:.0f} s ({attempt} attempts; gave up after "
+                    f"{give_up_after} s): {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                ) from error
+            if log is not None:
+                log.warning("database unreachable (attempt %d, %.0f s): %s; next try in %.1f s", attempt, waited,
+                            (str(error).splitlines() or [type(error).__name__])[0][:200], wait)
+            time.sleep(wait)
+            wait = min(longest_wait, wait * 2)
+
+
+def is_connection_message(message: str) -> bool:
+    """True when a job's recorded error message (``"Type: text"``) is a lost database connection."""
+    kind, _, text = message.partition(":")
+    if kind.strip() == "LostConnectionError":
         return True
+    text = text.lower()
+    return kind.strip() in ("OperationalError", "InterfaceError") and any(m in text for m in _CONNECTION_MESSAGES)

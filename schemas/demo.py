@@ -9,7 +9,6 @@ rerunning it (after Ctrl-C, say) computes only what is missing.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -36,7 +35,6 @@ class DemoSize:
     dataset: dict = field(default_factory=dict)
     seeds: tuple = (0,)
     spike_methods: tuple = (("deconvolution", {"order": 1}), ("deconvolution", {"order": 2}))
-    extra: dict = field(default_factory=dict)
 
 
 _CORE = {"layers": 3, "hidden_channels": 16, "input_kernel": 9, "hidden_kernel": 5}
@@ -194,7 +192,7 @@ def summarize(size_name: str, seed: int, keys: dict) -> dict:
     from pipeline.simulation.population import oracle_scores
     from pipeline.sysid import metrics
 
-    from . import imaging, spikes, sysid
+    from . import imaging, spikes, sysid, values
 
     size = SIZES[size_name]
     truth = simulated_experiment(size, seed)
@@ -229,7 +227,7 @@ def summarize(size_name: str, seed: int, keys: dict) -> dict:
         traces = np.stack([dff[unit_ids[f]] for f, _ in pairs], axis=1)
         method = (spikes.SpikeMethod & method_key).fetch1()
         summary["spikes"].append({
-            "method": f"{method['builder']} {sysid._json(method['config'])}",
+            "method": f"{method['builder']} {values.json_value(method['config'])}",
             "median_r_inferred": float(np.median(metrics.pearson(np.nan_to_num(inferred), true_spikes))),
             "median_r_dff": float(np.median(metrics.pearson(np.nan_to_num(traces), true_spikes))),
             "cells": len(pairs),
@@ -326,30 +324,32 @@ def run_demo(prefix: str | None = None, *, size: str = "full", seed: int = 0, wo
     return summary
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import database
+def simulation_of_scan(key: dict):
+    """The simulated experiment behind a demo scan (its ground truth), or None for a recorded scan.
 
-    if database.user_gave_host() and args.prefix is None:
-        print("pipeline demo: a lab server is configured (DJ_HOST / datajoint.json); give the demo schemas of "
-              "its own there, e.g. `pipeline --prefix demo_ demo`", file=sys.stderr)
-        return 2
-    summary = run_demo(args.prefix, size=args.size, seed=args.seed, workers=args.workers)
-    return 1 if summary["errors"] else 0
+    A demo scan's note says which simulation made it (``demo <size> seed <seed>``).
+    """
+    import re
+
+    from . import imaging
+
+    note = (imaging.Scan & key).fetch1("note")
+    found = re.fullmatch(r"demo (\w+) seed (\d+)", note or "")
+    if not found or found.group(1) not in SIZES:
+        return None
+    return simulated_experiment(SIZES[found.group(1)], int(found.group(2)))
 
 
-def add_commands(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="run the main job end to end on a simulated experiment",
-        description=(
-            "Simulate a scan of cells viewing natural images (with behaviour) and a population "
-            "dataset, populate every table from ScanInfo to TrainedModel and Score, and print "
-            "the results against the simulation's ground truth. Rerunning computes only what is "
-            "missing."
-        ),
-    )
-    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="data size (default: full)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the simulation (default: 0)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="populate through N worker processes (default: 1, in this process)")
-    parser.set_defaults(func=_cmd_demo)
+def oracle_of_dataset(dataset_id: str) -> dict | None:
+    """The oracle scores (noiseless rates) of a demo population dataset, or None for any other dataset."""
+    import re
+
+    from pipeline.simulation.population import oracle_scores
+
+    from . import sysid
+
+    note = (sysid.Dataset & {"dataset_id": dataset_id}).fetch1("note")
+    found = re.fullmatch(r"demo (\w+) seed (\d+)", note or "")
+    if dataset_id != POPULATION_DATASET or not found or found.group(1) not in SIZES:
+        return None
+    return oracle_scores(population_folder(found.group(1), int(found.group(2))))

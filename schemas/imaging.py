@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+import contextlib
+import math
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
 
 import datajoint as dj
 import numpy as np
 
-from schemas import params
+from schemas import params, stores
 
 schema = dj.Schema()
 
@@ -16,6 +19,41 @@ schema = dj.Schema()
 def describe(key: dict) -> str:
     """``Scan 3/1/2`` (animal/session/scan) for error messages."""
     return f"Scan {key['animal_id']}/{key['session']}/{key['scan_idx']}"
+
+
+class ScanError(ValueError):
+    """A scan that a processing step cannot take; the message starts with the scan's name."""
+
+
+def check_raw_filename(filename: Any) -> str:
+    """``filename`` if it is a path inside the raw store, else a ValueError.
+
+    A scan's file is referenced relative to the ``raw`` store's root: an absolute path, a
+    Windows drive or backslash, or a ``..`` component would reach files outside the store (and
+    outside what the lab backs up and shares with every worker).
+
+    Raises
+    ------
+    ValueError
+        Naming the filename and the rule it breaks.
+    """
+    expected = "expected a path relative to the raw store, without '..', e.g. 'mouse7/2024-05-01/scan2.tif'"
+    if not isinstance(filename, str) or not filename.strip():
+        raise ValueError(f"Scan.filename {filename!r} is empty or not a string ({expected})")
+    if "\\" in filename or re.match(r"^[A-Za-z]:", filename):
+        raise ValueError(f"Scan.filename {filename!r} has a backslash or drive letter ({expected})")
+    path = PurePosixPath(filename)
+    if path.is_absolute() or filename.startswith("~"):
+        raise ValueError(f"Scan.filename {filename!r} is an absolute path, outside the raw store ({expected})")
+    if ".." in path.parts:
+        raise ValueError(f"Scan.filename {filename!r} climbs out of the raw store with '..' ({expected})")
+    return filename
+
+
+def _check_scan_row(row: dict) -> None:
+    if "filename" in row:
+        # a row fetched from another Scan table holds a file reference, not the text
+        check_raw_filename(getattr(row["filename"], "path", row["filename"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,6 +77,17 @@ class Scan(dj.Manual):
     axes = ""         : varchar(8)       # axes of an HDF5 dataset without labels, e.g. "yxt"
     note = ""         : varchar(1023)
     """
+
+    def insert(self, rows, **kwargs) -> None:
+        """Insert scans after checking that every ``filename`` lies inside the raw store.
+
+        Raises
+        ------
+        ValueError
+            For a filename that is absolute or climbs out of the store (``check_raw_filename``),
+            before anything is inserted.
+        """
+        super().insert(params.checked_rows(self, rows, _check_scan_row), **kwargs)
 
 
 @schema
@@ -83,25 +132,25 @@ class Behavior(dj.Manual):
 
 
 @schema
-class MotionParams(dj.Lookup):
+class MotionParams(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("motion", "motion-correction parameters")
     builder_kind = "imaging"
 
 
 @schema
-class PMDParams(dj.Lookup):
+class PMDParams(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("pmd", "PMD denoising parameters")
     builder_kind = "imaging"
 
 
 @schema
-class SegmentationParams(dj.Lookup):
+class SegmentationParams(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("segmentation", "soma segmentation parameters")
     builder_kind = "imaging"
 
 
 @schema
-class TraceParams(dj.Lookup):
+class TraceParams(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("trace", "trace extraction parameters")
     builder_kind = "imaging"
 
@@ -125,9 +174,11 @@ def raw_store_location() -> Path:
 def insert_simulated_scan(experiment, key: dict, *, image_id_offset: int = 0, note: str = "simulated") -> dict:
     """Register a simulated experiment (``pipeline.simulation.experiment``) as a scan.
 
-    Writes its movie as a ScanImage-like TIFF into the raw store (``simulated/<key>.tif``)
-    and inserts ``Scan``, the stimulus images (``image_id = image_id_offset + i``), the
-    ``Trial`` rows and ``Behavior``. Idempotent: an existing scan is left as it is.
+    Writes its movie as a ScanImage-like TIFF into the raw store, in a folder of this
+    server and prefix (``simulated/<schema>-<server hash>/<key>.tif``: databases sharing a
+    raw store never overwrite each other's simulations), and inserts ``Scan``, the stimulus
+    images (``image_id = image_id_offset + i``), the ``Trial`` rows and ``Behavior``.
+    Idempotent: an existing scan is left as it is.
 
     Returns
     -------
@@ -137,7 +188,8 @@ def insert_simulated_scan(experiment, key: dict, *, image_id_offset: int = 0, no
     key = {"animal_id": int(key["animal_id"]), "session": int(key["session"]), "scan_idx": int(key["scan_idx"])}
     if Scan & key:
         return key
-    relative = f"simulated/{key['animal_id']}_{key['session']}_{key['scan_idx']}.tif"
+    folder = stores.database_folder(schema)
+    relative = f"simulated/{folder}/{key['animal_id']}_{key['session']}_{key['scan_idx']}.tif"
     path = raw_store_location() / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     experiment.write_tiff(path)
@@ -169,26 +221,33 @@ def insert_simulated_scan(experiment, key: dict, *, image_id_offset: int = 0, no
 # ---------------------------------------------------------------------------------------------
 
 
+class RawFileChanged(Exception):
+    """A scan's raw file is not the file that ``ScanInfo`` read (replaced, cut or appended to)."""
+
+
 def _scan_file(key: dict) -> dict:
-    """Local path and reading options of a scan's file."""
+    """Local path and reading options of a scan's file, checked against what ScanInfo recorded.
+
+    Raises
+    ------
+    MovieFileError
+        If the file is not in the raw store.
+    RawFileChanged
+        If ``ScanInfo`` has a row for the scan and the file's size or digest differ from it.
+    """
     from pipeline.imaging.io import MovieFileError
 
     row = (Scan & key).fetch1()
     ref = row["filename"]
-    path = None
     try:
-        fs_protocol = ref.fs.protocol
-        local = "file" in (fs_protocol if isinstance(fs_protocol, (tuple, list)) else (fs_protocol,))
-    except Exception:
-        local = False
-    if local:
-        path = Path(ref.full_path)
-        if not path.is_file():
-            raise MovieFileError(f"{describe(key)}: file {ref.path!r} not found in the raw store (expected {path})")
-    else:  # a remote store: fetch a local copy
-        if not ref.exists():
-            raise MovieFileError(f"{describe(key)}: file {ref.path!r} not found in the raw store")
-        path = ref.download(Path(tempfile.mkdtemp(prefix="scan_")))
+        path = stores.local_path(ref)
+    except FileNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        expected = path or ref.path
+        raise MovieFileError(f"{describe(key)}: file {ref.path!r} not found in the raw store (expected {expected})")
+    if ScanInfo & key:
+        _check_unchanged(key, ref.path, path)
     return {
         "path": str(path),
         "channel": int(row["channel"]),
@@ -198,10 +257,65 @@ def _scan_file(key: dict) -> dict:
     }
 
 
-def _scan_error(key: dict, error: Exception) -> Exception:
+def _check_unchanged(key: dict, name: str, path: Path) -> None:
+    """Raise ``RawFileChanged`` if the file at ``path`` is not the one ScanInfo fingerprinted."""
+    expected = (ScanInfo & key).fetch1("file_size", "file_digest")
+    found = stores.file_fingerprint(path)
+    if (int(expected[0]), expected[1]) != found:
+        raise RawFileChanged(
+            f"{describe(key)}: raw file {name!r} changed since ScanInfo read it (size {found[0]} bytes, "
+            f"digest {found[1]}; expected {int(expected[0])} bytes, digest {expected[1]}): restore the "
+            "original file, or delete this scan's ScanInfo row (and what was computed from it) to "
+            "process the new one"
+        )
+
+
+def finite(key: dict, column: str, value: float) -> float:
+    """``value`` as a float for a non-nullable numeric column; a ScanError if it is NaN or infinite.
+
+    PostgreSQL stores inf and NaN in a float column and MariaDB refuses them (DataError), so a
+    non-finite value would give one scan different results on different servers.
+    """
+    value = float(value)
+    if not math.isfinite(value):
+        raise ScanError(f"{describe(key)}: {column} is {value} (expected a finite number)")
+    return value
+
+
+def finite_or_null(value: float | None) -> float | None:
+    """``value`` as a float for a nullable numeric column: None (null) when it is None, NaN or inf.
+
+    For columns where a non-finite value has a defined meaning: ``Denoised.snr_gain`` is PMD's
+    noise of raw / noise of denoised, inf for a scan without signal (no component kept, the
+    denoised noise is 0); it is stored as null on every backend (PostgreSQL would store inf,
+    MariaDB refuses it), and ``Denoised.load`` gives inf back.
+    """
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@contextlib.contextmanager
+def naming_scan(key: dict) -> Iterator[None]:
+    """Re-raise the input errors of one scan's step with the scan's name in front.
+
+    ``pipeline`` functions know arrays, not keys: their ``ValueError``s (and a file's
+    ``OSError``) say what value was bad and what was expected. Every make() that processes a
+    scan runs them inside this block, so that the jobs table says which scan it was:
+    ``Scan 3/1/2: movie has shape (1, 40, 40) (expected at least 2 frames ...)``. A file
+    error stays a ``MovieFileError``; any other becomes a :class:`ScanError`.
+    """
     from pipeline.imaging.io import MovieFileError
 
-    return MovieFileError(f"{describe(key)}: {error}")
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        message = str(error)
+        if message.startswith(describe(key)):  # named already (a nested step)
+            raise
+        kind = MovieFileError if isinstance(error, (MovieFileError, OSError)) else ScanError
+        raise kind(f"{describe(key)}: {message}") from error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,6 +337,8 @@ class ScanInfo(dj.Imported):
     fps          : float64            # volume rate, Hz
     um_per_pixel = null : float64
     software     : varchar(64)
+    file_size    : int64              # bytes of the raw file when read
+    file_digest  : char(32)           # schemas.stores.file_fingerprint: checked before every later read
     """
 
     def make(self, key):
@@ -230,10 +346,9 @@ class ScanInfo(dj.Imported):
         from pipeline.imaging.scan import scan_info
 
         scan = _scan_file(key)
-        try:
+        file_size, file_digest = stores.file_fingerprint(scan["path"])
+        with naming_scan(key):
             info = scan_info(scan["path"], channel=scan["channel"], field=scan["field"], axes=scan["axes"])
-        except (MovieFileError, OSError, ValueError) as error:
-            raise _scan_error(key, error) from None
         fps = info.fps or scan["frame_rate"]
         if not fps or not np.isfinite(fps) or fps <= 0:
             raise MovieFileError(
@@ -263,8 +378,11 @@ class ScanInfo(dj.Imported):
                 "nchannels": int(info.nchannels),
                 "nfields": int(info.nfields),
                 "fps": float(fps),
-                "um_per_pixel": None if info.um_per_pixel is None else float(info.um_per_pixel),
+                # a header whose field of view gives no finite pixel size says nothing: null
+                "um_per_pixel": finite_or_null(info.um_per_pixel),
                 "software": info.software[:64],
+                "file_size": file_size,
+                "file_digest": file_digest,
             }
         )
 
@@ -290,11 +408,9 @@ class MotionCorrection(dj.Computed):
         from pipeline.imaging.scan import read_scan
 
         builder, _ = params.load_config(MotionParams, key)
-        try:
+        with naming_scan(key):
             movie = read_scan(scan["path"], channel=scan["channel"], field=scan["field"], axes=scan["axes"])
-        except (OSError, ValueError) as error:
-            raise _scan_error(key, error) from None
-        template, shifts = builder(movie, **config)
+            template, shifts = builder(movie, **config)
         return template, shifts
 
     def make_insert(self, key, template, shifts):
@@ -303,7 +419,9 @@ class MotionCorrection(dj.Computed):
                 **key,
                 "template": np.asarray(template, dtype=np.float32),
                 "shifts": np.asarray(shifts, dtype=np.float32),
-                "max_displacement": float(np.abs(shifts).max()) if len(shifts) else 0.0,
+                "max_displacement": finite(
+                    key, "MotionCorrection.max_displacement", np.abs(shifts).max() if len(shifts) else 0.0
+                ),
             }
         )
 
@@ -317,7 +435,7 @@ class Denoised(dj.Computed):
     ---
     rank              : int32
     compression_ratio : float64     # bytes of the raw movie / bytes of the factors
-    snr_gain          : float64     # noise of raw / noise of denoised (high-frequency spectrum)
+    snr_gain = null   : float64     # noise of raw / noise of denoised (high-frequency spectrum); null if rank 0
     blocks            : <blob>      # (n_blocks, 5) int64: y0, y1, x0, x1, rank
     info              : <blob>      # (4,) int64: frames, height, width, raw bytes
     spatial           : <npy@movies>  # concatenated spatial factors, float32
@@ -336,11 +454,11 @@ class Denoised(dj.Computed):
         from pipeline.imaging.scan import corrected_movie
 
         builder, _ = params.load_config(PMDParams, key)
-        try:
-            movie = corrected_movie(scan["path"], shifts, channel=scan["channel"], field=scan["field"], axes=scan["axes"])
-        except (OSError, ValueError) as error:
-            raise _scan_error(key, error) from None
-        result = builder(movie, **config)
+        with naming_scan(key):
+            movie = corrected_movie(
+                scan["path"], shifts, channel=scan["channel"], field=scan["field"], axes=scan["axes"]
+            )
+            result = builder(movie, **config)
         return (result.to_arrays(), result.rank, result.compression_ratio, result.snr_gain_estimate)
 
     def make_insert(self, key, arrays, rank, compression_ratio, snr_gain):
@@ -348,8 +466,8 @@ class Denoised(dj.Computed):
             {
                 **key,
                 "rank": int(rank),
-                "compression_ratio": float(compression_ratio),
-                "snr_gain": float(snr_gain),
+                "compression_ratio": finite(key, "Denoised.compression_ratio", compression_ratio),
+                "snr_gain": finite_or_null(snr_gain),  # inf (no signal) -> null
                 "blocks": arrays["blocks"],
                 "info": arrays["info"],
                 "spatial": arrays["spatial"],
@@ -373,7 +491,8 @@ class Denoised(dj.Computed):
             "mean": np.asarray(row["mean_image"]),
             "noise": np.asarray(row["noise_image"]),
         }
-        return PMDResult.from_arrays(arrays, snr_gain_estimate=row["snr_gain"])
+        gain = math.inf if row["snr_gain"] is None else row["snr_gain"]  # null stores PMD's inf
+        return PMDResult.from_arrays(arrays, snr_gain_estimate=gain)
 
 
 @schema
@@ -407,7 +526,8 @@ class Segmentation(dj.Computed):
     def make_compute(self, key, denoised_key, config):
         builder, _ = params.load_config(SegmentationParams, key)
         movie = Denoised.load(denoised_key).reconstruct()
-        found = builder(movie, **config)
+        with naming_scan(key):
+            found = builder(movie, **config)
         masks = []
         for i in range(len(found)):
             flat = np.flatnonzero(found.masks[i]).astype(np.int32)
@@ -416,9 +536,9 @@ class Segmentation(dj.Computed):
                     "mask_id": i,
                     "pixels": flat,
                     "weights": found.weights[i].reshape(-1)[flat].astype(np.float32),
-                    "center_y": float(found.centers[i, 0]),
-                    "center_x": float(found.centers[i, 1]),
-                    "score": float(found.scores[i]),
+                    "center_y": finite(key, "Segmentation.Mask.center_y", found.centers[i, 0]),
+                    "center_x": finite(key, "Segmentation.Mask.center_x", found.centers[i, 1]),
+                    "score": finite(key, "Segmentation.Mask.score", found.scores[i]),
                 }
             )
         return found.correlation_image.astype(np.float32), masks
@@ -467,7 +587,8 @@ class Traces(dj.Computed):
         builder, _ = params.load_config(TraceParams, key)
         denoised = Denoised.load(seg_key)
         ids, weights = Segmentation.weights(seg_key, denoised.shape[1:])
-        out = builder(denoised, weights, fps, **config)
+        with naming_scan(key):
+            out = builder(denoised, weights, fps, **config)
         units = [
             {"unit_id": int(i), "fluorescence": out["fluorescence"][k], "dff": out["dff"][k]} for k, i in enumerate(ids)
         ]

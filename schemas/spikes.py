@@ -9,7 +9,7 @@ from pathlib import Path
 import datajoint as dj
 import numpy as np
 
-from schemas import imaging, params
+from schemas import imaging, params, values
 
 
 class _Lazy:
@@ -27,7 +27,7 @@ schema = dj.Schema()
 
 
 @schema
-class SpikeMethod(dj.Lookup):
+class SpikeMethod(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("spike_method", "a spike inference method and its parameters")
     builder_kind = "spikes"
 
@@ -125,20 +125,7 @@ class TrainingSet(dj.Manual):
 
 
 def _method_config(row: dict) -> dict:
-    config = row["config"]
-    if isinstance(config, str):
-        import json
-
-        config = json.loads(config)
-    return config
-
-
-def _hex(array) -> str:
-    return np.asarray(array, dtype="<f4").tobytes().hex()
-
-
-def _unhex(text: str) -> np.ndarray:
-    return np.frombuffer(bytes.fromhex(text), dtype="<f4")
+    return values.json_value(row["config"])
 
 
 @schema
@@ -172,14 +159,14 @@ class SpikeModel(dj.Computed):
         # populate hashes the fetched data (deepdiff) before and after computing: arrays as hex
         # text hash in milliseconds, as arrays in tens of seconds for the full ground truth
         return _method_config(row), [
-            (r["truth_dataset"], r["recording"], r["fps"], _hex(r["calcium"]), _hex(r["spikes"])) for r in rows
+            (r["truth_dataset"], r["recording"], r["fps"], values.array_as_text(r["calcium"]), values.array_as_text(r["spikes"])) for r in rows
         ]
 
     def make_compute(self, key, config, rows):
         if not rows:
             raise ValueError(f"training set {key['training_set']!r} has no ground-truth recordings")
         recordings = [
-            spikes.Recording(_unhex(calcium), _unhex(counts), fps, dataset=dataset, name=name)
+            spikes.Recording(values.text_as_array(calcium), values.text_as_array(counts), fps, dataset=dataset, name=name)
             for dataset, name, fps, calcium, counts in rows
         ]
         training = {k: v for k, v in config.items() if k != "training_set"}
@@ -248,15 +235,16 @@ class Activity(dj.Computed):
         return row["builder"], config, [u["unit_id"] for u in units], [u["dff"] for u in units], fps, weights, network
 
     def make_compute(self, key, builder, config, unit_ids, traces, fps, weights, network):
-        if not unit_ids:
-            raise ValueError(f"Traces {key}: no units (expected at least 1)")
-        lengths = {np.asarray(t).size for t in traces}
-        if len(lengths) != 1:
-            raise ValueError(f"Traces {key}: units have different lengths {sorted(lengths)} (expected one)")
-        model = None
-        if builder == "supervised":
-            model = spikes.SpikeModel.from_bytes(weights.tobytes(), _method_config({"config": network}))
-        inferred = spikes.infer_spikes(np.stack(traces), fps, builder, model, **config)
+        with imaging.naming_scan(key):
+            if not unit_ids:
+                raise ValueError("Traces has no units (0 cells segmented; expected at least 1)")
+            lengths = {np.asarray(t).size for t in traces}
+            if len(lengths) != 1:
+                raise ValueError(f"Traces units have different lengths {sorted(lengths)} (expected one)")
+            model = None
+            if builder == "supervised":
+                model = spikes.SpikeModel.from_bytes(weights.tobytes(), _method_config({"config": network}))
+            inferred = spikes.infer_spikes(np.stack(traces), fps, builder, model, **config)
         return fps, unit_ids, inferred
 
     def make_insert(self, key, fps, unit_ids, inferred):

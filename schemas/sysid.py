@@ -8,44 +8,24 @@ weights are a CPU state dict in the ``models`` store, and ``reproduce(key)`` reb
 
 Deleting a ``TrainedModel`` or ``Dataset`` through its ``delete()`` removes its stored files.
 Rows removed by a cascade from further upstream (e.g. deleting a ``ModelConfig``) leave files
-behind: ``collect_garbage()`` removes every file of this schema that no row references.
+behind: ``schemas.stores.collect_garbage()`` removes every stored file that no row references.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import datajoint as dj
 import numpy as np
 
-from . import imaging, params, spikes
+from . import imaging, params, spikes, stores, values
 
 schema = dj.Schema()
 
 # tolerance of `pipeline reproduce` when comparing recomputed and stored scores
 REPRODUCE_TOLERANCE = 1e-5
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
-
-def _local_folder(ref) -> str:
-    """A local path of a stored folder: the store's own path for a file store, else a cached download."""
-    backend = ref._backend if getattr(ref, "_backend", None) is not None else None
-    if backend is not None and backend.protocol == "file":
-        return str(Path(ref.full_path))
-    from . import database
-
-    cache = database.home() / "cache" / "datasets" / hashlib.sha256(ref.path.encode()).hexdigest()[:16]
-    if not (cache / "meta").is_dir():
-        ref.download(cache)
-    return str(cache)
 
 
 # --------------------------------------------------------------------------------------- #
@@ -54,19 +34,19 @@ def _local_folder(ref) -> str:
 
 
 @schema
-class DatasetConfig(dj.Lookup):
+class DatasetConfig(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("dataset_config", "how a dataset is read: tiers, normalization, selection, batch size")
     builder_kind = "dataset"
 
 
 @schema
-class ModelConfig(dj.Lookup):
+class ModelConfig(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("model", "a model architecture and its hyperparameters")
     builder_kind = "model"
 
 
 @schema
-class TrainerConfig(dj.Lookup):
+class TrainerConfig(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("trainer", "how a model is trained")
     builder_kind = "trainer"
 
@@ -85,7 +65,7 @@ class Seed(dj.Lookup):
 
 
 @schema
-class ResponseWindow(dj.Lookup):
+class ResponseWindow(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("response_window", "how a trial's response is taken from activity")
     builder_kind = "response"
 
@@ -127,7 +107,8 @@ class TrialResponses(dj.Computed):
             behavior = {k: row.get(k) for k in ("running", "pupil_radius", "pupil_x", "pupil_y")}
         activity = np.stack([np.asarray(u["spikes"], dtype=np.float32) for u in units])
         onsets = np.array([t["onset_frame"] for t in trials], dtype=np.int64)
-        out = fn(activity, onsets, fps, behavior, **config)
+        with imaging.naming_scan(key):
+            out = fn(activity, onsets, fps, behavior, **config)
         unit_ids = np.array([u["unit_id"] for u in units], dtype=np.int64)
         self.insert1(
             {
@@ -219,6 +200,7 @@ def import_filetree(path: str | os.PathLike, dataset_id: str, note: str = "") ->
         raise ValueError(f"dataset_id {dataset_id!r} (expected 1 to 64 characters)")
     tree = data.read_filetree(path)
     Dataset.insert1({**_dataset_row(tree, dataset_id, "filetree", note), "filetree": str(Path(path))})
+    stores.follow_permissions((Dataset & {"dataset_id": dataset_id}).fetch1("filetree"))
     return {"dataset_id": dataset_id}
 
 
@@ -260,6 +242,7 @@ def dataset_from_responses(
                 {**_dataset_row(tree, dataset_id, "trial_responses", note), "filetree": str(folder)}
             )
             DatasetSource.insert1({"dataset_id": dataset_id, **source_key})
+    stores.follow_permissions((Dataset & {"dataset_id": dataset_id}).fetch1("filetree"))
     return {"dataset_id": dataset_id}
 
 
@@ -268,7 +251,7 @@ def export_dataset(key: dict, destination: str | os.PathLike, *, overwrite: bool
     from pipeline.sysid import data
 
     ref = (Dataset & key).fetch1("filetree")
-    return data.export_filetree(_local_folder(ref), destination, overwrite=overwrite)
+    return data.export_filetree(stores.local_path(ref), destination, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------------------- #
@@ -281,7 +264,7 @@ def _builders(key: dict) -> tuple:
     from pipeline.sysid import fitting
 
     dataset_id = (Dataset & key).fetch1("dataset_id")
-    folder = _local_folder((Dataset & key).fetch1("filetree"))
+    folder = str(stores.local_path((Dataset & key).fetch1("filetree")))
     dataset_fn, dataset_config = params.load_config(DatasetConfig, key)
     model_fn, model_config = params.load_config(ModelConfig, key)
     dataset_config = fitting.dataset_config_with_paths(dataset_config, [folder], [dataset_id])
@@ -371,12 +354,10 @@ class Score(dj.Computed):
         dataset_fn, dataset_config, model_fn, model_config, seed = _builders(key)
         names = ((DatasetConfig & key).fetch1("builder"), (ModelConfig & key).fetch1("builder"))
         weights = (TrainedModel & key).fetch1("weights").read()
-        # as text (latin-1 maps bytes 1:1): populate hashes the fetched data, and its hasher
-        # cannot take arbitrary bytes
-        return names, dataset_config, model_config, seed, weights.decode("latin-1")
+        return names, dataset_config, model_config, seed, values.bytes_as_text(weights)
 
     def make_compute(self, key, names, dataset_config, model_config, seed, weights):
-        weights = weights.encode("latin-1")
+        weights = values.text_as_bytes(weights)
         scores = _score(key, names, dataset_config, model_config, seed, weights, device=None)
         return (scores,)
 
@@ -502,7 +483,7 @@ def reproduce(key: dict, device: str | None = None) -> dict:
         "scores": scores,
         "stored": stored,
         "max_difference": difference,
-        "provenance": _json((TrainedModel & full).fetch1("provenance")),
+        "provenance": values.json_value((TrainedModel & full).fetch1("provenance")),
     }
 
 
@@ -530,63 +511,3 @@ def _remove_unreferenced(refs: list) -> None:
                 ref._backend.remove_folder(ref.path)
             else:
                 collector.delete_schema_path(ref.path)
-
-
-def collect_garbage(dry_run: bool = False) -> dict[str, dict]:
-    """Remove stored files of this schema that no row references (after cascading deletes).
-
-    Returns the ``dj.gc`` report of each store (``raw``, ``models``).
-    """
-    return {store: dj.gc.GarbageCollector(schema, store=store).collect(dry_run=dry_run) for store in ("raw", "models")}
-
-
-# --------------------------------------------------------------------------------------- #
-# command line
-# --------------------------------------------------------------------------------------- #
-
-
-def _reproduce_command(args) -> int:
-    import schemas
-    from schemas.cli import parse_restrictions
-
-    schemas.activate(args.prefix)
-    restriction = parse_restrictions(args.key)
-    keys = (TrainedModel & restriction).keys()
-    if not keys:
-        print(f"pipeline reproduce: no trained model matches {restriction}")
-        return 1
-    failed = 0
-    for key in keys:
-        result = reproduce(key, device=args.device)
-        scores, stored = result["scores"], result["stored"]
-        label = " ".join(f"{k}={v}" for k, v in key.items())
-        print(label)
-        print(f"  {'score':<26}{'recomputed':>12}{'stored':>12}")
-        for name in ("single_trial_correlation", "correlation_to_average", "feve"):
-            old = "" if stored is None or stored[name] is None else f"{stored[name]:.6f}"
-            print(f"  {name:<26}{scores[name]:>12.6f}{old:>12}")
-        if result["max_difference"] is None:
-            print("  no stored Score to compare with")
-        elif result["max_difference"] > args.tolerance:
-            print(f"  DIFFERS: max difference {result['max_difference']:.3g} > {args.tolerance:g}")
-            failed += 1
-        else:
-            print(f"  reproduced: max difference {result['max_difference']:.3g} <= {args.tolerance:g}")
-    return 1 if failed else 0
-
-
-def add_commands(subparsers) -> None:
-    """``pipeline reproduce KEY...``."""
-    parser = subparsers.add_parser(
-        "reproduce",
-        help="rebuild trained models from their keys and recompute their scores",
-        description=(
-            "Rebuild the dataset and model of every TrainedModel matching KEY (attr=value pairs, e.g. "
-            "dataset_id=sim seed=0), load its stored weights, recompute the test scores and compare them "
-            "with the stored Score. Exit code 1 if any differs by more than --tolerance."
-        ),
-    )
-    parser.add_argument("key", nargs="+", metavar="KEY", help="attr=value restriction(s) of TrainedModel")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--tolerance", type=float, default=REPRODUCE_TOLERANCE, help="allowed score difference")
-    parser.set_defaults(func=_reproduce_command)

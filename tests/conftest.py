@@ -41,6 +41,13 @@ def mysql_spec() -> dict | None:
 BACKENDS = ["postgresql"] + (["mysql"] if mysql_spec() else [])
 
 
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that takes a database fixture ``db``, so that ``-m "not db"`` runs without a server."""
+    for item in items:
+        if {"db", "pipeline_home"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.db)
+
+
 @pytest.fixture(scope="session")
 def pipeline_home(tmp_path_factory) -> Path:
     """A throwaway pipeline home with its own embedded server, stopped at the end."""

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(1)  # the machine is shared: small tests on one thread
-
 from pipeline import identity
 from pipeline.behavior import camera, data, estimators, metrics, skeleton
 from pipeline.behavior.diffusion import MotionDenoiser
 from pipeline.behavior.flow import ConditionalFlow
 from pipeline.behavior.hypotheses import min_mpjpe_loss
+
+torch.set_num_threads(1)  # the machine is shared: small tests on one thread
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,8 @@ def test_reprojection_guidance_pulls_samples_onto_the_keypoints():
     def energy(x0):
         joints = x0.reshape(*x0.shape[:2], 2, 3)
         pose = torch.cat([torch.zeros_like(joints[..., :1, :]), joints], -2)
-        return camera.reprojection_residual(pose, target.expand(*x0.shape[:2], 3, 2), torch.ones(*x0.shape[:2], 3)).sum(-1)
+        weight = torch.ones(*x0.shape[:2], 3)
+        return camera.reprojection_residual(pose, target.expand(*x0.shape[:2], 3, 2), weight).sum(-1)
 
     free = model.sample(64, 2, generator=torch.Generator().manual_seed(1))
     guided = model.sample(64, 2, guidance=energy, guidance_scale=1.0, generator=torch.Generator().manual_seed(1))

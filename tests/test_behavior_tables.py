@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import schemas
+from schemas.values import json_value
 from pipeline import identity
 
 torch.set_num_threads(1)
@@ -63,7 +64,7 @@ def test_behavior_stage_populates_end_to_end(db, behavior):
         assert row["n_occluded"] > 0 and 0 <= row["ece_occluded"] <= 0.5
     for row in behavior.TrainedPoseModel.to_dicts():
         assert row["n_joints"] == 11 and np.isfinite(row["final_loss"])
-        assert behavior._json(row["provenance"])["seed"] == 0
+        assert json_value(row["provenance"])["seed"] == 0
 
 
 def test_stored_weights_resample_the_stored_hypotheses_and_go_with_their_row(db, behavior):
@@ -96,5 +97,7 @@ def test_a_pose_config_the_builder_does_not_take_is_rejected_at_insert(db, behav
 
     with pytest.raises(identity.ConfigError, match="does not take config key\\(s\\) \\['layer'\\]"):
         params.insert_config(behavior.PoseModelConfig, "cgnf", {"layer": 2})
+    with pytest.raises(identity.ConfigError, match="hypotheses = 0 \\(expected >= 1\\)"):
+        params.insert_config(behavior.PoseModelConfig, "min_mpjpe", {"hypotheses": 0})
     with pytest.raises(identity.UnknownBuilderError, match="pose_model builder 'glow' does not resolve"):
         params.insert_config(behavior.PoseModelConfig, "glow", {})

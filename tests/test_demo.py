@@ -14,6 +14,8 @@ import pytest
 
 import schemas
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def demo_run(pipeline_home):

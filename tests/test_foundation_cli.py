@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.cli import parse_restrictions
+from schemas.restrictions import RestrictionError, split_pairs
 
 
 def run(args, env_extra=None, home=None, timeout=120):
@@ -32,22 +32,18 @@ def fresh_home(tmp_path_factory):
     run(["db", "stop"], home=home)
 
 
-def test_restrictions_are_parsed_into_typed_dicts():
-    assert parse_restrictions(["animal_id=3", "rate=0.5", "note=a b=c"]) == {
-        "animal_id": 3,
-        "rate": 0.5,
-        "note": "a b=c",
-    }
+def test_restriction_pairs_are_split_at_the_first_equals_sign():
+    assert split_pairs(["animal_id=3", "rate=0.5", "note=a b=c"]) == {"animal_id": "3", "rate": "0.5", "note": "a b=c"}
 
 
 def test_restriction_without_equals_sign_is_rejected():
-    with pytest.raises(SystemExit, match="'animal_id' is not of the form attr=value"):
-        parse_restrictions(["animal_id"])
+    with pytest.raises(RestrictionError, match="'animal_id' is not of the form attr=value"):
+        split_pairs(["animal_id"])
 
 
 def test_restriction_with_sql_in_the_name_is_rejected():
-    with pytest.raises(SystemExit, match="is not of the form attr=value"):
-        parse_restrictions(["1=1 or x=1"])
+    with pytest.raises(RestrictionError, match="is not of the form attr=value"):
+        split_pairs(["1=1 or x=1"])
 
 
 def test_db_start_then_status_reports_running_embedded_server(fresh_home):
@@ -116,7 +112,7 @@ def test_unreachable_host_is_one_line_and_exit_code_2(tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
-    assert lines[0].startswith("pipeline: cannot connect to mysql at 127.0.0.1:1 as root (backend mysql):")
+    assert lines[0].startswith("pipeline db: cannot connect to mysql at 127.0.0.1:1 as root (backend mysql):")
     assert "Connection refused" in lines[0]
     assert "Traceback" not in out.stderr
 

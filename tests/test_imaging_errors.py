@@ -112,7 +112,7 @@ def test_trial_beyond_movie_end_error(bad_scans):
 def test_scan_results_are_bit_for_bit_reproducible(db, tmp_path):
     """The same movie under two scan keys gives identical factors, masks and traces."""
     first = populate_small_scan(db, tmp_path, seed=0)
-    path = imaging.raw_store_location() / "simulated" / "9000_1_1.tif"
+    path = imaging.raw_store_location() / (imaging.Scan & first).fetch1("filename").path
     copy_rel = f"simulated/copy_{db.backend}.tif"
     (imaging.raw_store_location() / copy_rel).write_bytes(path.read_bytes())
     twin = {"animal_id": 9199, "session": 1, "scan_idx": 1}  # not 9000: other parts query that animal

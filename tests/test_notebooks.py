@@ -21,6 +21,8 @@ from nbclient import NotebookClient
 
 import schemas
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 # notebooks that run on pure functions alone, without the demo database
 STANDALONE = {"06_pose.ipynb"}

@@ -14,7 +14,7 @@ import torch
 from pipeline import identity
 from pipeline.simulation.population import simulate_population
 from pipeline.sysid import data
-from schemas import params, sysid
+from schemas import params, sysid, values
 
 torch.set_num_threads(1)
 
@@ -54,7 +54,7 @@ def test_equal_model_configs_written_differently_get_one_key(db):
     )
     assert a == b
     row = (sysid.ModelConfig & a).fetch1()
-    config = sysid._json(row["config"])
+    config = values.json_value(row["config"])
     assert config["gamma_input"] == 1.0 and isinstance(config["gamma_input"], float)
     c = params.insert_config(sysid.ModelConfig, "cnn_factorized", {"gamma_input": 2.0, "hidden_channels": 8})
     assert c != a
@@ -94,7 +94,7 @@ def test_imported_dataset_exports_to_the_same_arrays(db, folder, tmp_path):
     sysid.import_filetree(folder, "export_me", note="round trip")
     row = (sysid.Dataset & {"dataset_id": "export_me"}).fetch1()
     assert (row["n_trials"], row["n_neurons"], row["height"], row["origin"]) == (104, 20, 16, "filetree")
-    assert sysid._json(row["tiers"]) == {"test": 32, "train": 60, "validation": 12}
+    assert values.json_value(row["tiers"]) == {"test": 32, "train": 60, "validation": 12}
     out = data.read_filetree(sysid.export_dataset({"dataset_id": "export_me"}, tmp_path / "exported"))
     original = data.read_filetree(folder)
     assert np.array_equal(out.responses, original.responses) and np.array_equal(out.images, original.images)
@@ -102,7 +102,7 @@ def test_imported_dataset_exports_to_the_same_arrays(db, folder, tmp_path):
 
 def test_trained_model_records_provenance_and_cpu_weights(trained):
     row = (sysid.TrainedModel & trained).fetch1()
-    provenance = sysid._json(row["provenance"])
+    provenance = values.json_value(row["provenance"])
     assert provenance["seed"] == 0 and provenance["torch"] == torch.__version__
     assert provenance["packages"]["datajoint"].startswith("2.3") and provenance["wall_time"] > 0
     assert {"cuda", "gpu", "host", "git_commit"} <= provenance.keys()

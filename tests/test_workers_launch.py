@@ -36,14 +36,13 @@ def test_launch_forwards_worker_options_unchanged():
     parser = cli.build_parser()
     args = parser.parse_args(["--prefix", "lab_", "launch", "-n", "2", "--module", "tests.work_tables", "--tables",
                               "Square", "--restrict", "item_id=3", "--grace", "5", "--max-jobs", "7",
-                              "--exit-when-idle"])
-    argv = workers.worker_argv(args)
+                              "--exit-when-idle", "--give-up-after", "90"])
+    argv = workers.worker_argv(args.prefix, cli.worker_options(args))
     again = parser.parse_args(argv)
     assert again.command == "worker" and again.prefix == "lab_"
-    options = workers.options_from_args(again)
-    assert (options.tables, options.modules, options.restrictions) == (["Square"], ["tests.work_tables"],
-                                                                       [{"item_id": 3}])
-    assert (options.grace, options.max_jobs, options.exit_when_idle) == (5.0, 7, True)
+    options = cli.worker_options(again)
+    assert (options.tables, options.modules, options.restrict) == (["Square"], ["tests.work_tables"], ["item_id=3"])
+    assert (options.grace, options.max_jobs, options.exit_when_idle, options.give_up_after) == (5.0, 7, True, 90.0)
 
 
 def test_slurm_dry_run_prints_a_job_array_with_one_gpu_per_worker(capsys, tmp_path):
@@ -58,5 +57,5 @@ def test_slurm_dry_run_prints_a_job_array_with_one_gpu_per_worker(capsys, tmp_pa
 
 
 def test_unknown_table_names_the_choices():
-    with pytest.raises(SystemExit, match="no auto-populated table 'Nope'"):
+    with pytest.raises(workers.SelectionError, match="no auto-populated table 'Nope'"):
         workers.select_tables(["Nope"])

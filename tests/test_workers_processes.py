@@ -25,6 +25,8 @@ if str(ROOT) not in sys.path:
 from schemas import workers  # noqa: E402
 from tests import work_tables as wt  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 # short timings so that recovery happens within seconds
 FAST = ["--poll", "0.2", "--heartbeat", "0.3", "--heartbeat-timeout", "2", "--controller-interval", "0.5",
         "--refresh-interval", "0.5"]

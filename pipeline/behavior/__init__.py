@@ -1,4 +1,4 @@
-"""Behaviour: calibrated 3D pose from 2D keypoints (cGNF-style flow) and multi-hypothesis motion (Platypose-style diffusion).
+"""Behaviour: calibrated 3D pose from 2D keypoints (cGNF-style flow), multi-hypothesis motion (Platypose-style).
 
 - ``skeleton``: a synthetic stick figure with joint-angle limits and smooth motion (ground truth).
 - ``camera``: pinhole projection, keypoints with noise, confidence and occlusions; the

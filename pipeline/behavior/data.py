@@ -1,4 +1,4 @@
-"""Keypoint sequences with (optional) 3D ground truth, and the synthetic training sets (builders of kind ``pose_data``)."""
+"""Keypoint sequences with (optional) 3D ground truth; synthetic training sets (builders of kind ``pose_data``)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,11 @@ def simulate(
     )
 
 
-@identity.register("pose_data")
+@identity.register(
+    "pose_data",
+    validate=identity.bounds(minimum={"n_sequences": 1, "n_frames": 1, "noise_px": 0.0, "occlusion_rate": 0.0},
+                             above={"fps": 0.0}, maximum={"occlusion_rate": 0.9}),
+)
 def synthetic_skeleton(
     *,
     n_sequences: int = 200,

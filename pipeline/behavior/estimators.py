@@ -13,7 +13,6 @@ root-relative poses in metres for one recording, whatever the model:
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from pipeline import identity
+from pipeline.sysid import fitting
 
 from . import camera as cam
 from .data import PoseData, condition
@@ -234,7 +234,16 @@ class MotionDiffusionPoseModel(PoseModel):
         return _unflat(out)
 
 
-@identity.register("pose_model")
+# limits every training config shares: checked when a config is inserted, not when a worker builds it
+_TRAINING = {"minimum": {"hypotheses": 1, "steps": 1, "batch_size": 1}, "above": {"lr": 0.0}}
+
+
+def _limits(minimum: dict[str, float], maximum: dict[str, float] | None = None) -> identity.Validator:
+    return identity.bounds(minimum={**_TRAINING["minimum"], **minimum}, above=_TRAINING["above"], maximum=maximum)
+
+
+@identity.register("pose_model", validate=_limits({"layers": 1, "hidden": 1, "condition_dropout": 0.0},
+                                                  {"condition_dropout": 0.9}))
 def cgnf(
     n_joints: int,
     *,
@@ -251,7 +260,7 @@ def cgnf(
                          hypotheses=hypotheses, steps=steps, batch_size=batch_size, lr=lr)
 
 
-@identity.register("pose_model")
+@identity.register("pose_model", validate=_limits({"hidden": 1, "depth": 1}))
 def min_mpjpe(
     n_joints: int,
     *,
@@ -267,7 +276,9 @@ def min_mpjpe(
                              batch_size=batch_size, lr=lr)
 
 
-@identity.register("pose_model")
+@identity.register("pose_model", validate=_limits(
+    {"frames": 1, "channels": 1, "blocks": 1, "kernel": 1, "diffusion_steps": 2, "guidance_scale": 0.0}
+))
 def motion_diffusion(
     n_joints: int,
     *,
@@ -315,14 +326,12 @@ def train(builder: str, config: dict[str, Any], data: PoseData, *, seed: int = 0
 
 
 def weights_bytes(model: PoseModel) -> bytes:
-    """The model's state dict, every tensor on the CPU, serialized with ``torch.save``."""
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-    return buffer.getvalue()
+    """The model's state dict, every tensor on the CPU, serialized (the lab's one format for weights)."""
+    return fitting.state_dict_bytes(model.state_dict())
 
 
 def rebuild(builder: str, config: dict[str, Any], n_joints: int, weights: bytes) -> PoseModel:
     """A trained model from its builder, config and stored weights (loads on a machine without a GPU)."""
     model = build(builder, config, n_joints)
-    model.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
+    model.load_state_dict(fitting.load_state_dict(weights, "cpu"))
     return model

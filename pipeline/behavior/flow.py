@@ -113,7 +113,9 @@ class ConditionalFlow(nn.Module):
         present = torch.ones(condition.shape[0], 1, device=condition.device)
         return torch.cat([condition, present], -1)
 
-    def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+    def log_prob(
+        self, x: torch.Tensor, condition: torch.Tensor | None = None, drop: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(batch,)`` log density of ``x`` ``(batch, dim)`` given ``condition`` ``(batch, condition_dim)``.
 
         ``condition=None`` gives the marginal; ``drop`` ``(batch,)`` bool drops the condition of
@@ -146,7 +148,9 @@ class ConditionalFlow(nn.Module):
         return z
 
     @torch.no_grad()
-    def sample(self, n: int, condition: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, condition: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``(n, batch, dim)`` samples for each of the ``batch`` conditions (batch 1 if None)."""
         batch = 1 if condition is None else condition.shape[0]
         z = torch.randn(n * batch, self.dim, generator=generator).to(self.offset.device)

@@ -132,7 +132,7 @@ def calibration_curve(
     else:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != truth.shape[:-1]:
-            raise ValueError(f"mask {mask.shape} (expected the shape of truth without its last axis, {truth.shape[:-1]})")
+            raise ValueError(f"mask {mask.shape} (expected truth's shape less its last axis, {truth.shape[:-1]})")
         keep = mask.reshape(-1, joints)
     counts = keep.sum(0) * 3
     covered = (inside * keep[..., None, None]).sum((0, 2))  # (joints, levels)

@@ -221,7 +221,9 @@ def random_motion(
             0.8 * smooth_signal(rng, (n_sequences,), n_frames, fps, frequencies=(0.02, 0.1)),
             0.1 + 0.05 * smooth_signal(rng, (n_sequences,), n_frames, fps),
             np.mean(distance)
-            + (distance[1] - distance[0]) / 3 * smooth_signal(rng, (n_sequences,), n_frames, fps, frequencies=(0.02, 0.1)),
+            + (distance[1] - distance[0])
+            / 3
+            * smooth_signal(rng, (n_sequences,), n_frames, fps, frequencies=(0.02, 0.1)),
         ],
         axis=-1,
     )

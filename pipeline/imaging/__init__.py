@@ -13,10 +13,37 @@ kind ``"imaging"`` (see ``pipeline.identity``) that the imaging tables' Lookup t
 from pipeline import identity
 from pipeline.imaging import motion, pmd, segmentation, traces
 
-identity.register("imaging", "rigid_phase_correlation")(motion.motion_correction)
-identity.register("imaging", "pmd")(pmd.denoise)
-identity.register("imaging", "soma_correlation")(segmentation.segment)
-identity.register("imaging", "neuropil_dff")(traces.extract_traces)
+
+
+def _check_pmd(config: dict) -> None:
+    """PMD's validation hook: positive sizes, and blocks that overlap less than their size."""
+    identity.bounds(minimum={"block_size": 1, "overlap": 0, "max_rank": 1, "max_fails": 1, "noise_sims": 1})(config)
+    if config["overlap"] >= config["block_size"]:
+        raise ValueError(f"overlap = {config['overlap']} (expected < block_size = {config['block_size']})")
+
+
+identity.register(
+    "imaging",
+    "rigid_phase_correlation",
+    validate=identity.bounds(minimum={"template_frames": 1, "max_shift": 0.0, "upsample_factor": 1}),
+)(motion.motion_correction)
+identity.register("imaging", "pmd", validate=_check_pmd)(pmd.denoise)
+identity.register(
+    "imaging",
+    "soma_correlation",
+    validate=identity.bounds(
+        minimum={"min_area": 0.0, "max_surround": 0.0, "max_cells": 0},
+        above={"cell_radius": 0.0, "background_sigma": 0.0, "mask_threshold": 0.0, "max_area": 0.0},
+        maximum={"min_correlation": 1.0, "mask_threshold": 1.0},
+    ),
+)(segmentation.segment)
+identity.register(
+    "imaging",
+    "neuropil_dff",
+    validate=identity.bounds(
+        minimum={"neuropil_ratio": 0.0, "neuropil_inner": 0, "neuropil_outer": 1}, above={"baseline_window": 0.0}
+    ),
+)(traces.extract_traces)
 
 DEFAULT_BUILDERS = {
     "motion": "rigid_phase_correlation",

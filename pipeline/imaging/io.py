@@ -3,14 +3,18 @@
 A reader opens a file, parses its header into a :class:`MovieInfo` and yields frames one at a
 time (``iter_frames``), so that a whole scan is never loaded unless the caller asks for it
 (``read_movie``). Every problem with a file (missing, not a TIFF, truncated, no frames,
-non-finite values) is a :class:`MovieFileError` whose message names the file and what was
-expected.
+non-finite values, values beyond float32, complex pixels) is a :class:`MovieFileError` whose
+message names the file and what was expected. Truncation is found from the file itself (the
+page count a header declares, the page chain and the pixel data against the file's size), not
+from tifffile's log, which is where tifffile reports a page chain that runs past the end.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import re
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,13 +199,113 @@ def _open_tiff(path: Path):
     return tif
 
 
+def _next_ifd_offset(tif, page) -> int | None:
+    """The next-IFD offset written after ``page``'s IFD, or None when the file ends before it.
+
+    Read from the file itself rather than from tifffile's page list: tifffile stops the page
+    chain at an offset beyond the file's end and only logs it, so a cut file would look whole.
+    """
+    fmt, fh = tif.tiff, tif.filehandle
+    fh.seek(page.offset)
+    raw = fh.read(fmt.tagnosize)
+    if len(raw) < fmt.tagnosize:
+        return None
+    (ntags,) = struct.unpack(fmt.tagnoformat, raw)
+    fh.seek(page.offset + fmt.tagnosize + ntags * fmt.tagsize)
+    raw = fh.read(fmt.offsetsize)
+    if len(raw) < fmt.offsetsize:
+        return None
+    return struct.unpack(fmt.offsetformat, raw)[0]
+
+
+def _page(tif, index: int, path: Path):
+    """Page ``index``, or a MovieFileError when its header cannot be parsed (a cut IFD)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return tif.pages[index]
+    except Exception as error:
+        raise MovieFileError(
+            f"{path}: page {index} of {len(tif.pages)} cannot be read ({type(error).__name__}: {error}); "
+            f"file truncated or corrupt (expected {len(tif.pages)} complete pages)"
+        ) from None
+
+
+def _check_ifd_chain(tif, path: Path) -> None:
+    """Raise unless the last page read is the last page written (its next-IFD offset is 0)."""
+    pages, size = tif.pages, tif.filehandle.size
+    npages = len(pages)
+    following = _next_ifd_offset(tif, _page(tif, npages - 1, path))
+    if following is None:
+        raise MovieFileError(
+            f"{path}: the file ends inside page {npages - 1}'s header at {size} bytes "
+            f"(file truncated; expected a complete TIFF)"
+        )
+    if following != 0:
+        raise MovieFileError(
+            f"{path}: TIFF has {npages} readable pages, then page {npages} at byte {following} "
+            f"{'beyond the end of the file' if following >= size else 'cannot be read'} ({size} bytes): "
+            f"file truncated (expected the page chain to end at page {npages - 1})"
+        )
+
+
+def _check_page_data(tif, path: Path) -> None:
+    """Raise if any page's pixel data extends past the end of the file."""
+    size = tif.filehandle.size
+    for index in range(len(tif.pages)):
+        page = _page(tif, index, path)
+        ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts)]
+        if ends and max(ends) > size:
+            raise MovieFileError(
+                f"{path}: page {index}'s pixel data ends at byte {max(ends)}, beyond the end of the file at "
+                f"{size} bytes (file truncated; expected every frame complete)"
+            )
+
+
+def _declared_pages(tif, si: dict | None, per_volume: int) -> tuple[int | None, str]:
+    """Pages the file's own metadata says it holds: (count or None, which header says so)."""
+    if si is not None and si.get("expected_frames"):
+        return si["expected_frames"] * per_volume, "ScanImage header"
+    if tif.is_imagej and (tif.imagej_metadata or {}).get("images"):
+        return int(tif.imagej_metadata["images"]), "ImageJ header"
+    if tif.is_shaped and tif.shaped_metadata:
+        pixels = tif.pages[0].size
+        total = sum(math.prod(meta.get("shape", [])) // pixels for meta in tif.shaped_metadata if pixels)
+        return (total or None), "tifffile shape header"
+    return None, ""
+
+
+def _check_complete(tif, path: Path, si: dict | None, per_volume: int) -> None:
+    """Raise :class:`MovieFileError` for a truncated TIFF, whatever wrote it.
+
+    Three independent checks: the page count the header declares, the IFD chain ending where
+    it should, and every page's pixel data lying inside the file.
+    """
+    npages = len(tif.pages)
+    declared, source = _declared_pages(tif, si, per_volume)
+    if declared and npages < declared and per_volume == 1:
+        raise MovieFileError(
+            f"{path}: TIFF has {npages} frames but its {source} says {declared} "
+            f"(file truncated; expected {declared} frames)"
+        )
+    if declared and npages < declared:
+        raise MovieFileError(
+            f"{path}: TIFF has {npages} pages but its {source} says {declared} ({per_volume} channel(s) x "
+            f"field(s) per frame; file truncated; expected {declared // per_volume} frames)"
+        )
+    _check_page_data(tif, path)
+    _check_ifd_chain(tif, path)
+
+
 def tiff_info(path: str | Path) -> MovieInfo:
     """The header of a TIFF movie (ScanImage or plain multipage).
 
     Raises
     ------
     MovieFileError
-        Missing file, not a TIFF, no pages, or pages that do not divide into whole time points.
+        Missing file, not a TIFF, no pages, a truncated file (fewer pages than its header
+        declares, a page chain that points past the file's end, pixel data past the file's
+        end), or pages that do not divide into whole time points.
     """
     path = Path(path)
     tif = _open_tiff(path)
@@ -226,12 +330,7 @@ def tiff_info(path: str | Path) -> MovieInfo:
                 info.fps = 1.0 / float(meta["finterval"])
             info.header = dict(meta)
         per_volume = info.nchannels * info.nfields
-        expected = si.get("expected_frames") if si is not None else None
-        if expected and npages < expected * per_volume:
-            raise MovieFileError(
-                f"{path}: TIFF has {npages // per_volume} frames but its ScanImage header says {expected} "
-                f"(file truncated; expected {expected} frames)"
-            )
+        _check_complete(tif, path, si, per_volume)
         if npages % per_volume:
             raise MovieFileError(
                 f"{path}: {npages} TIFF pages do not divide into {info.nchannels} channel(s) x "
@@ -308,7 +407,7 @@ def h5_info(path: str | Path, dataset: str | None = None, axes: str | None = Non
     path = Path(path)
     if not path.is_file():
         raise MovieFileError(f"{path}: file not found (expected an HDF5 movie)")
-    try:
+    try:  # the HDF5 library compares the file's size with the end address in its superblock
         f = h5py.File(path, "r")
     except Exception as error:
         raise MovieFileError(f"{path}: not a readable HDF5 file ({error})") from None
@@ -346,7 +445,13 @@ def _iter_h5(path: Path, info: MovieInfo, channel: int, field_: int) -> Iterator
             index = tuple(
                 {"t": t, "z": field_, "c": channel}.get(a, slice(None)) for a in axes
             )
-            frame = ds[index]
+            try:
+                frame = ds[index]
+            except (OSError, ValueError) as error:
+                raise MovieFileError(
+                    f"{path}: frame {t} cannot be read ({error}); file truncated or corrupt "
+                    f"(expected {info.nframes} frames)"
+                ) from None
             kept = [a for a in axes if a in "yx"]
             yield frame if kept == ["y", "x"] else frame.T
 
@@ -371,7 +476,33 @@ def movie_info(path: str | Path, *, axes: str | None = None) -> MovieInfo:
     ``axes`` names the axes of an HDF5 dataset without labels (see :func:`h5_info`).
     """
     path = Path(path)
-    return h5_info(path, axes=axes) if _kind(path) == "hdf5" else tiff_info(path)
+    info = h5_info(path, axes=axes) if _kind(path) == "hdf5" else tiff_info(path)
+    if np.dtype(info.dtype).kind not in "uif":
+        raise MovieFileError(
+            f"{path}: pixels are {info.dtype} (expected real numbers, integer or float; the imaginary part "
+            f"of a complex movie would be silently dropped)"
+        )
+    return info
+
+
+# the pipeline computes in float32: larger finite values would become inf silently
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_values(path: Path, t: int, frame: np.ndarray) -> None:
+    """Raise for a frame with NaN/inf pixels or pixels beyond float32's range."""
+    if frame.dtype.kind != "f":
+        return
+    if not np.isfinite(frame).all():
+        bad = int((~np.isfinite(frame)).sum())
+        raise MovieFileError(f"{path}: frame {t} has {bad} non-finite (NaN/inf) pixel(s) (expected finite values)")
+    if frame.dtype.itemsize > 4:
+        large = np.abs(frame) > _FLOAT32_MAX
+        if large.any():
+            raise MovieFileError(
+                f"{path}: frame {t} has {int(large.sum())} pixel(s) beyond the float32 range (largest |value| "
+                f"{float(np.abs(frame).max()):.3g}; expected |value| <= {_FLOAT32_MAX:.3g})"
+            )
 
 
 def iter_frames(
@@ -386,12 +517,14 @@ def iter_frames(
     channel, field
         Which interleaved channel and field (plane), 0-based.
     check_finite
-        Raise on a frame with NaN or infinite values.
+        Raise on a frame with NaN or infinite values, or values too large for float32 (the
+        pipeline's working type, where they would turn into inf).
 
     Raises
     ------
     MovieFileError
-        A frame that cannot be read (truncated file) or holds non-finite values.
+        A frame that cannot be read (truncated file), holds non-finite values or values
+        beyond float32's range; a movie of complex (or other non-real) pixels.
     """
     path = Path(path)
     info = movie_info(path, axes=axes)
@@ -401,9 +534,8 @@ def iter_frames(
         raise MovieFileError(f"{path}: field {field} does not exist (expected 0..{info.nfields - 1})")
     frames = _iter_h5(path, info, channel, field) if _kind(path) == "hdf5" else _iter_tiff(path, info, channel, field)
     for t, frame in enumerate(frames):
-        if check_finite and frame.dtype.kind == "f" and not np.isfinite(frame).all():
-            bad = int((~np.isfinite(frame)).sum())
-            raise MovieFileError(f"{path}: frame {t} has {bad} non-finite (NaN/inf) pixel(s) (expected finite values)")
+        if check_finite:
+            _check_values(path, t, frame)
         yield frame
 
 

@@ -25,13 +25,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from pipeline.device import choose_device
+
 __all__ = ["PMDResult", "denoise", "noise_level", "block_grid"]
-
-
-def _device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def noise_level(traces: torch.Tensor, band: tuple[float, float] = (0.25, 0.5)) -> torch.Tensor:
@@ -236,7 +232,13 @@ class PMDResult:
         its weighted sum over pixels of ``mean + noise * sum_blocks(w u v)``.
         """
         weights = np.asarray(weights, dtype=np.float32)
+        if weights.ndim != 3 or weights.shape[1:] != tuple(self.shape[1:]):
+            raise ValueError(
+                f"weights have shape {weights.shape} (expected (cells, {self.shape[1]}, {self.shape[2]}))"
+            )
         n = weights.shape[0]
+        if n == 0:  # no cells: no traces (reshape(0, -1) below cannot infer a size)
+            return np.zeros((0, self.shape[0]), dtype=np.float32)
         out = np.repeat((weights * self.mean[None]).sum(axis=(1, 2))[:, None], self.shape[0], axis=1)
         blend = self._weights()
         for y0, y1, x0, x1, u, v in self.block_factors():
@@ -273,6 +275,21 @@ class PMDResult:
             raw_nbytes=int(info[3]),
             snr_gain_estimate=snr_gain_estimate,
         )
+
+
+def _float32_block(movie: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """One block of the movie as float32, or a ValueError for values float32 cannot hold."""
+    raw = np.asarray(movie[:, y0:y1, x0:x1])
+    if not np.isfinite(raw).all():
+        raise ValueError(f"movie has non-finite values in block y {y0}:{y1}, x {x0}:{x1} (expected finite values)")
+    limit = float(np.finfo(np.float32).max)
+    if raw.dtype.kind == "f" and raw.dtype.itemsize > 4 and np.abs(raw).max() > limit:
+        # float32 would turn them into inf without a word
+        raise ValueError(
+            f"movie has values up to {float(np.abs(raw).max()):.3g} in block y {y0}:{y1}, x {x0}:{x1} "
+            f"(expected |value| <= {limit:.3g}, the float32 range)"
+        )
+    return raw.astype(np.float32, copy=False)
 
 
 def denoise(
@@ -322,16 +339,19 @@ def denoise(
     Raises
     ------
     ValueError
-        A movie that is not 3-D, is empty, or holds non-finite values.
+        A movie that is not 3-D, is not real-valued, has fewer than 2 frames, or holds
+        non-finite values or values beyond the float32 range.
     """
     if movie.ndim != 3:
         raise ValueError(f"movie has shape {movie.shape} (expected (frames, height, width))")
+    if np.dtype(movie.dtype).kind not in "uif":
+        raise ValueError(f"movie has dtype {movie.dtype} (expected real values; complex parts would be dropped)")
     n_t, h, w = movie.shape
     if n_t < 2 or h < 1 or w < 1:
         raise ValueError(f"movie has shape {movie.shape} (expected at least 2 frames and 1x1 pixels)")
     if require not in ("either", "both"):
         raise ValueError(f"require={require!r} (expected 'either' or 'both')")
-    dev = _device(device)
+    dev = choose_device(device)
     ys = block_grid(h, block_size, overlap)
     xs = block_grid(w, block_size, overlap)
     bh, bw = min(block_size, h), min(block_size, w)
@@ -349,11 +369,7 @@ def denoise(
     for iy, y0 in enumerate(ys):
         for ix, x0 in enumerate(xs):
             y1, x1 = y0 + bh, x0 + bw
-            block = np.asarray(movie[:, y0:y1, x0:x1], dtype=np.float32).reshape(n_t, -1)
-            if not np.isfinite(block).all():
-                raise ValueError(
-                    f"movie has non-finite values in block y {y0}:{y1}, x {x0}:{x1} (expected finite values)"
-                )
+            block = _float32_block(movie, y0, y1, x0, x1).reshape(n_t, -1)
             y = torch.from_numpy(np.ascontiguousarray(block.T)).to(dev)  # (P, T)
             del block
             mu = y.mean(dim=1, keepdim=True)

@@ -18,8 +18,6 @@ import numpy as np
 #: image grey levels are mapped to contrast as (image - IMAGE_MEAN) / IMAGE_SCALE
 IMAGE_MEAN = 128.0
 IMAGE_SCALE = 64.0
-#: behaviour columns, as in the Sensorium data: pupil radius, its derivative, running speed
-BEHAVIOR_COLUMNS = ("pupil_radius", "pupil_radius_derivative", "running_speed")
 #: reference values of the behaviour modulation: speed (cm/s) and pupil radius (pixels)
 RUNNING_SCALE = 10.0
 PUPIL_REFERENCE = 20.0

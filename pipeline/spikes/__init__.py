@@ -37,7 +37,14 @@ def _check_traces(traces) -> np.ndarray:
     return traces
 
 
-@identity.register("spikes", "deconvolution")
+def _check_deconvolution(config: dict) -> None:
+    """The deconvolution's validation hook: AR order 1 or 2, positive decay and shrinkage."""
+    if config["order"] not in (1, 2):
+        raise ValueError(f"order must be 1 or 2 (AR(1) or AR(2)), got {config['order']!r}")
+    identity.bounds(above={"tau": 0.0, "fudge_factor": 0.0}, maximum={"fudge_factor": 1.0})(config)
+
+
+@identity.register("spikes", "deconvolution", validate=_check_deconvolution)
 def deconvolution(
     traces: np.ndarray, fps: float, model=None, *, order: int = 1, tau: float = 1.0, fudge_factor: float = 0.99
 ) -> np.ndarray:

@@ -43,7 +43,6 @@ FIELDS = ("images", "responses", "behavior", "pupil_center")
 OPTIONAL_FIELDS = ("behavior", "pupil_center")
 TIERS = ("train", "validation", "test", "final_test")
 TRIAL_FIELDS = ("tiers", "frame_image_id", "trial_idx")
-STATISTICS = ("mean", "std", "min", "max", "median")
 STATISTIC_SECTIONS = ("all", "stimulus_frame")
 
 
@@ -562,7 +561,11 @@ def make_loaders(
     return loaders
 
 
-@identity.register("dataset", name="filetree")
+@identity.register(
+    "dataset",
+    name="filetree",
+    validate=identity.bounds(minimum={"batch_size": 1}, above={"train_fraction": 0.0}, maximum={"train_fraction": 1.0}),
+)
 def filetree_loaders(
     seed: int,
     *,

@@ -19,6 +19,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from pipeline.device import choose_device
+
 from pipeline import identity
 
 # packages whose versions every trained model records
@@ -106,7 +108,7 @@ def rebuild(
     ``device`` defaults to CUDA when there is one, else the CPU; weights saved anywhere load
     anywhere (``map_location``).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = choose_device(device)
     model, dataloaders = build(dataset_fn, dataset_config, model_fn, model_config, seed)
     model.load_state_dict(load_state_dict(weights, device))
     model.to(device).eval()

@@ -7,7 +7,13 @@ import numpy as np
 from pipeline import identity
 
 
-@identity.register("response", name="window_mean")
+def _check_window(config: dict) -> None:
+    """The response window's validation hook: 0 <= start < stop."""
+    if not config["stop"] > config["start"] >= 0:
+        raise ValueError(f"start = {config['start']}, stop = {config['stop']} s (expected 0 <= start < stop)")
+
+
+@identity.register("response", name="window_mean", validate=_check_window)
 def window_mean(
     activity: np.ndarray,
     onsets: np.ndarray,
@@ -63,7 +69,7 @@ def window_mean(
         i = int(bad[0])
         raise ValueError(
             f"trial {i}: response window frames {begin[i]}..{end[i] - 1} outside the recording "
-            f"(expected within 0..{frames - 1})"
+            f"(onset frame {onsets[i]}; expected within 0..{frames - 1})"
         )
     # cumulative sums give every window mean in one pass
     cumulative = np.concatenate([np.zeros((activity.shape[0], 1)), np.cumsum(activity, axis=1)], axis=1)

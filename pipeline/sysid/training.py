@@ -6,18 +6,36 @@ import copy
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from pipeline.device import choose_device
+
 from pipeline import identity
 from pipeline.sysid import metrics
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or exploded far above where it started."""
+
+
+class SmallValidationWarning(UserWarning):
+    """A validation set too small for its correlation to say which epoch is best."""
+
+
+# A batch loss this many times the first batch's (of its data_key) is an explosion, not noise:
+# with lr=1e6 the loss goes from ~1e2 to ~1e20 in one step and stays finite, so a NaN check
+# alone stores such a model (FEVE -1e43) as valid. Healthy training lowers the loss.
+DIVERGENCE_FACTOR = 1e6
+
+# Validation trials per data_key: with fewer than 2 the correlation is undefined; below 10 it
+# is so noisy that early stopping picks epochs by chance (2 trials: r is always +-1).
+MIN_VALIDATION_TRIALS = 2
+FEW_VALIDATION_TRIALS = 10
 
 
 @dataclass
@@ -47,11 +65,6 @@ def set_seed(seed: int) -> None:
         torch.cuda.manual_seed_all(int(seed))
 
 
-def default_device() -> torch.device:
-    """CUDA when torch sees a GPU, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def poisson_loss(predictions: torch.Tensor, responses: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Poisson negative log likelihood up to a constant, summed: sum(pred - resp * log(pred + eps))."""
     return (predictions - responses * torch.log(predictions + eps)).sum()
@@ -79,6 +92,38 @@ def _interleaved(train: dict):
                 del iterators[key]
 
 
+def _check_validation_size(loaders: dict) -> list[str]:
+    """Raise for a validation set that cannot be scored; warn (and return the warnings) for a tiny one."""
+    notes = []
+    for key, loader in loaders.items():
+        n = len(loader.dataset)
+        if n < MIN_VALIDATION_TRIALS:
+            raise ValueError(
+                f"validation set of data_key {key!r} has {n} trial(s) (expected at least {MIN_VALIDATION_TRIALS} "
+                "to compute a correlation)"
+            )
+        if n < FEW_VALIDATION_TRIALS:
+            note = (
+                f"validation set of data_key {key!r} has only {n} trials (expected at least {FEW_VALIDATION_TRIALS}): "
+                "its correlation is too noisy to choose the best epoch"
+            )
+            warnings.warn(note, SmallValidationWarning, stacklevel=3)
+            notes.append(note)
+    return notes
+
+
+def _check_loss(value: float, reference: float, epoch: int, key: str, lr: float) -> None:
+    """Raise TrainingDiverged for a NaN/infinite loss or one DIVERGENCE_FACTOR above ``reference``."""
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"training diverged at epoch {epoch}: loss is {value} (data_key {key!r}, lr {lr:g})")
+    limit = DIVERGENCE_FACTOR * max(abs(reference), 1.0)
+    if abs(value) > limit:
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch}: loss is {value:.3g}, above {limit:.3g} "
+            f"({DIVERGENCE_FACTOR:g} x the first batch's {reference:.3g}; data_key {key!r}, lr {lr:g})"
+        )
+
+
 def _progress(iterable, enabled: bool, total: int, desc: str):
     if not enabled:
         return iterable
@@ -87,7 +132,15 @@ def _progress(iterable, enabled: bool, total: int, desc: str):
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
-@identity.register("trainer", "standard_trainer")
+@identity.register(
+    "trainer",
+    "standard_trainer",
+    validate=identity.bounds(
+        minimum={"max_epochs": 1, "lr_decay_steps": 1, "patience": 1, "tolerance": 0.0},
+        above={"lr": 0.0, "lr_decay": 0.0},
+        maximum={"lr_decay": 1.0},
+    ),
+)
 def standard_trainer(
     model: torch.nn.Module,
     dataloaders: dict,
@@ -129,15 +182,21 @@ def standard_trainer(
     Raises
     ------
     TrainingDiverged
-        If a batch's loss is NaN or infinite, naming the epoch and the loss.
+        If a batch's loss is NaN or infinite, or more than ``DIVERGENCE_FACTOR`` times the
+        first batch's loss of its data_key, naming the epoch and the loss.
+    ValueError
+        If a validation loader holds fewer than ``MIN_VALIDATION_TRIALS`` trials; below
+        ``FEW_VALIDATION_TRIALS`` a ``SmallValidationWarning`` is issued and recorded in
+        ``output["warnings"]``.
     """
     for name in ("train", "validation"):
         if not dataloaders.get(name):
             raise ValueError(f"dataloaders has no {name!r} loaders (expected {{{name!r}: {{data_key: DataLoader}}}})")
     if max_epochs < 1:
         raise ValueError(f"max_epochs = {max_epochs} (expected at least 1)")
+    notes = _check_validation_size(dataloaders["validation"])
     set_seed(seed)
-    device = default_device()
+    device = choose_device()
     model.to(device)
     train = dataloaders["train"]
     n_batches = sum(len(loader) for loader in train.values())
@@ -150,6 +209,7 @@ def standard_trainer(
     best_score = validation_correlation(model, dataloaders["validation"])
     best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
     history: list[dict[str, Any]] = []
+    first_loss: dict[str, float] = {}
     waited, decays, train_seconds, train_images = 0, 0, 0.0, 0
     epoch = 0
     for epoch in range(1, max_epochs + 1):
@@ -163,10 +223,7 @@ def standard_trainer(
             if regularize:
                 loss = loss + model.regularizer(key)
             value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"training diverged at epoch {epoch}: loss is {value} (data_key {key!r}, lr {optimizer.param_groups[0]['lr']:g})"
-                )
+            _check_loss(value, first_loss.setdefault(key, value), epoch, key, optimizer.param_groups[0]["lr"])
             loss.backward()
             optimizer.step()
             total_loss += value
@@ -206,6 +263,7 @@ def standard_trainer(
             "seconds_per_epoch": train_seconds / max(epoch, 1),
             "images_per_second": train_images / train_seconds if train_seconds else float("nan"),
             "device": str(device),
+            "warnings": notes,
         },
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     )

@@ -82,6 +82,16 @@ def _encoder(core, shapes: dict, make_readout: Callable, shifter: dict | None = 
     return Encoder(core, readouts, shifters, modulators)
 
 
+# what every builder's core needs to be built at all: the validation hooks of the registry
+# (run at insert), so that a config such as layers=-1 never reaches a worker
+_CORE = {"layers": 1, "input_kernel": 1, "hidden_kernel": 1}
+_PENALTIES = ("gamma_input", "gamma_hidden", "gamma_readout")
+
+
+def _limits(minimum: dict, *, above: tuple[str, ...] = (), penalties: tuple[str, ...] = _PENALTIES):
+    return identity.bounds(minimum={**minimum, **{p: 0.0 for p in penalties}}, above={a: 0.0 for a in above})
+
+
 def _seeded_shapes(dataloaders: dict, seed: int) -> tuple[dict, int]:
     """Seed the weights' initialization; the datasets' shapes and the images' channel count."""
     set_seed(seed)
@@ -89,7 +99,7 @@ def _seeded_shapes(dataloaders: dict, seed: int) -> tuple[dict, int]:
     return shapes, next(iter(shapes.values()))["image_shape"][0]
 
 
-@identity.register("model", "cnn_factorized")
+@identity.register("model", "cnn_factorized", validate=_limits({**_CORE, "hidden_channels": 1}))
 def cnn_factorized(
     dataloaders: dict,
     seed: int,
@@ -111,7 +121,9 @@ def cnn_factorized(
     return _encoder(core, shapes, lambda s, n, m: FactorizedReadout(s, n, gamma_readout, m))
 
 
-@identity.register("model", "rotation_factorized")
+@identity.register(
+    "model", "rotation_factorized", validate=_limits({**_CORE, "features": 1, "rotations": 1})
+)
 def rotation_factorized(
     dataloaders: dict,
     seed: int,
@@ -147,7 +159,21 @@ def rotation_factorized(
     return _encoder(core, shapes, lambda s, n, m: FactorizedReadout(s, n, gamma_readout, m))
 
 
-@identity.register("model", "cnn_gaussian")
+@identity.register(
+    "model",
+    "cnn_gaussian",
+    validate=_limits(
+        {
+            **_CORE,
+            "hidden_channels": 1,
+            "init_mu_range": 0.0,
+            "shifter_hidden": 1,
+            "shifter_layers": 1,
+            "modulator_hidden": 1,
+        },
+        above=("init_sigma",),
+    ),
+)
 def cnn_gaussian(
     dataloaders: dict,
     seed: int,
@@ -183,7 +209,9 @@ def cnn_gaussian(
     )
 
 
-@identity.register("model", "linear_nonlinear")
+@identity.register(
+    "model", "linear_nonlinear", validate=_limits({"downsample": 1}, penalties=("gamma_smooth", "gamma_l2"))
+)
 def linear_nonlinear(
     dataloaders: dict,
     seed: int,

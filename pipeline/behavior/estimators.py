@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from pipeline import identity
+from pipeline.device import choose_device
 from pipeline.sysid import fitting
 
 from . import camera as cam
@@ -65,6 +66,18 @@ class PoseModel:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()
 
+    @property
+    def device(self) -> torch.device:
+        return self.module.offset.device
+
+    def to(self, device: torch.device | str) -> PoseModel:
+        """Move the weights to ``device``; inputs follow, outputs come back as numpy arrays."""
+        self.module.to(device)
+        return self
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.module.load_state_dict(state)
 
@@ -75,7 +88,7 @@ class PoseModel:
             raise ValueError(f"training data has {data.n_joints} joints (expected {self.n_joints})")
         targets = _flat(data.poses)
         frames = targets.reshape(-1, targets.shape[-1])
-        self.module.set_standardization(torch.from_numpy(frames.mean(0)), torch.from_numpy(frames.std(0) + 1e-3))
+        self.module.set_standardization(self._tensor(frames.mean(0)), self._tensor(frames.std(0) + 1e-3))
         return targets
 
 
@@ -112,29 +125,29 @@ class FlowPoseModel(PoseModel):
         self.condition_dropout, self.steps, self.batch_size, self.lr = condition_dropout, steps, batch_size, lr
 
     def fit(self, data: PoseData, *, seed: int = 0) -> dict[str, Any]:
-        targets = torch.from_numpy(self._standardize_from(data).reshape(-1, self.module.dim))
-        conditions = torch.from_numpy(condition(data.keypoints, data.confidence).reshape(targets.shape[0], -1))
+        targets = self._tensor(self._standardize_from(data).reshape(-1, self.module.dim))
+        conditions = self._tensor(condition(data.keypoints, data.confidence).reshape(targets.shape[0], -1))
 
         def loss(generator: torch.Generator) -> torch.Tensor:
             batch = torch.randint(0, targets.shape[0], (self.batch_size,), generator=generator)
-            drop = torch.rand(self.batch_size, generator=generator) < self.condition_dropout
+            drop = (torch.rand(self.batch_size, generator=generator) < self.condition_dropout).to(self.device)
             return -self.module.log_prob(targets[batch], conditions[batch], drop).mean() / self.module.dim
 
         return _optimize(self.module, loss, steps=self.steps, lr=self.lr, seed=seed)
 
     def sample(self, keypoints: np.ndarray, confidence: np.ndarray, *, seed: int = 0) -> np.ndarray:
         _check_recording(keypoints, confidence, self.n_joints)
-        conditions = torch.from_numpy(condition(keypoints, confidence))
+        conditions = self._tensor(condition(keypoints, confidence))
         samples = self.module.sample(self.hypotheses, conditions, torch.Generator().manual_seed(seed))
-        return _unflat(samples.numpy())
+        return _unflat(samples.cpu().numpy())
 
     def log_prob(self, poses: np.ndarray, keypoints: np.ndarray | None = None,
                  confidence: np.ndarray | None = None) -> np.ndarray:
         """``(frames,)`` log density of root-relative poses ``(frames, joints, 3)``, marginal if no keypoints."""
-        x = torch.from_numpy(_flat(poses))
-        c = None if keypoints is None else torch.from_numpy(condition(keypoints, confidence))
+        x = self._tensor(_flat(poses))
+        c = None if keypoints is None else self._tensor(condition(keypoints, confidence))
         with torch.no_grad():
-            return self.module.log_prob(x, c).numpy()
+            return self.module.log_prob(x, c).cpu().numpy()
 
 
 class MinMPJPEPoseModel(PoseModel):
@@ -148,8 +161,8 @@ class MinMPJPEPoseModel(PoseModel):
         self.steps, self.batch_size, self.lr = steps, batch_size, lr
 
     def fit(self, data: PoseData, *, seed: int = 0) -> dict[str, Any]:
-        targets = torch.from_numpy(self._standardize_from(data).reshape(-1, self.n_joints - 1, 3))
-        conditions = torch.from_numpy(condition(data.keypoints, data.confidence).reshape(targets.shape[0], -1))
+        targets = self._tensor(self._standardize_from(data).reshape(-1, self.n_joints - 1, 3))
+        conditions = self._tensor(condition(data.keypoints, data.confidence).reshape(targets.shape[0], -1))
 
         def loss(generator: torch.Generator) -> torch.Tensor:
             batch = torch.randint(0, targets.shape[0], (self.batch_size,), generator=generator)
@@ -161,8 +174,8 @@ class MinMPJPEPoseModel(PoseModel):
     def sample(self, keypoints: np.ndarray, confidence: np.ndarray, *, seed: int = 0) -> np.ndarray:
         _check_recording(keypoints, confidence, self.n_joints)
         with torch.no_grad():
-            out = self.module(torch.from_numpy(condition(keypoints, confidence)))
-        return _unflat(out.numpy())
+            out = self.module(self._tensor(condition(keypoints, confidence)))
+        return _unflat(out.cpu().numpy())
 
 
 def window_starts(n_frames: int, window: int) -> list[int]:
@@ -196,11 +209,11 @@ class MotionDiffusionPoseModel(PoseModel):
 
     def fit(self, data: PoseData, *, seed: int = 0) -> dict[str, Any]:
         # the motion prior learns from 3D sequences only: keypoints never enter training
-        targets = torch.from_numpy(self._standardize_from(data))  # (sequences, frames, dim)
+        targets = self._tensor(self._standardize_from(data))  # (sequences, frames, dim)
         S, F, _ = targets.shape
         if F < self.frames:
             raise ValueError(f"training sequences have {F} frames (expected at least a window of {self.frames})")
-        offsets = torch.arange(self.frames)
+        offsets = torch.arange(self.frames)  # indices stay on the CPU with the generator; torch moves them
 
         def loss(generator: torch.Generator) -> torch.Tensor:
             sequence = torch.randint(0, S, (self.batch_size, 1), generator=generator)
@@ -213,8 +226,8 @@ class MotionDiffusionPoseModel(PoseModel):
         _check_recording(keypoints, confidence, self.n_joints)
         F, T, N = keypoints.shape[0], self.frames, self.hypotheses
         starts = window_starts(F, T)
-        normalized = torch.from_numpy(cam.normalize(keypoints, confidence))
-        weight = torch.from_numpy((np.asarray(confidence) >= cam.OCCLUDED_BELOW).astype(np.float32))
+        normalized = self._tensor(cam.normalize(keypoints, confidence))
+        weight = self._tensor((np.asarray(confidence) >= cam.OCCLUDED_BELOW).astype(np.float32))
         index = torch.tensor(starts)[:, None] + torch.arange(T)  # (windows, T)
         # every hypothesis of every window in one batch: (N * windows, T, ...)
         observed = normalized[index].repeat(N, 1, 1, 1)
@@ -227,7 +240,7 @@ class MotionDiffusionPoseModel(PoseModel):
 
         samples = self.module.sample(N * len(starts), T, guidance=energy, guidance_scale=self.guidance_scale,
                                      generator=torch.Generator().manual_seed(seed))
-        samples = samples.reshape(N, len(starts), T, -1).numpy()
+        samples = samples.reshape(N, len(starts), T, -1).cpu().numpy()
         out = np.zeros((N, F, samples.shape[-1]), dtype=np.float32)
         for w, start in enumerate(starts):
             out[:, start : start + T] = samples[:, w]  # a last, overlapping window overwrites the overlap
@@ -317,10 +330,16 @@ def build(builder: str, config: dict[str, Any], n_joints: int, *, seed: int = 0)
     return fn(n_joints, **identity.normalize(fn, config, name=f"pose_model builder {builder!r}"))
 
 
-def train(builder: str, config: dict[str, Any], data: PoseData, *, seed: int = 0) -> PoseFit:
-    """Build a pose model, fit it to ``data`` and return it with its weights as bytes."""
+def train(
+    builder: str, config: dict[str, Any], data: PoseData, *, seed: int = 0, device: str | None = None
+) -> PoseFit:
+    """Build a pose model, fit it to ``data`` and return it with its (CPU) weights as bytes.
+
+    ``device``: ``"cpu"``, ``"cuda"`` or None (CUDA when torch sees a GPU). Batches and noise are
+    drawn from seeded CPU generators, so a seed draws the same batches on either device.
+    """
     started = time.perf_counter()
-    model = build(builder, config, data.n_joints, seed=seed)
+    model = build(builder, config, data.n_joints, seed=seed).to(choose_device(device))
     history = model.fit(data, seed=seed)
     return PoseFit(model=model, history=history, weights=weights_bytes(model), wall_time=time.perf_counter() - started)
 
@@ -330,8 +349,14 @@ def weights_bytes(model: PoseModel) -> bytes:
     return fitting.state_dict_bytes(model.state_dict())
 
 
-def rebuild(builder: str, config: dict[str, Any], n_joints: int, weights: bytes) -> PoseModel:
-    """A trained model from its builder, config and stored weights (loads on a machine without a GPU)."""
+def rebuild(
+    builder: str, config: dict[str, Any], n_joints: int, weights: bytes, *, device: str | None = "cpu"
+) -> PoseModel:
+    """A trained model from its builder, config and stored weights (loads on a machine without a GPU).
+
+    ``device`` defaults to the CPU, where sampling is reproducible bit for bit; None picks CUDA
+    when torch sees a GPU.
+    """
     model = build(builder, config, n_joints)
     model.load_state_dict(fitting.load_state_dict(weights, "cpu"))
-    return model
+    return model.to(choose_device(device))

@@ -19,7 +19,7 @@ import datajoint as dj
 import numpy as np
 
 from . import params
-from .values import bytes_as_text, json_value, text_as_bytes
+from .values import array_as_text, bytes_as_text, json_value, text_as_array, text_as_bytes
 
 schema = dj.Schema()
 
@@ -165,7 +165,7 @@ def load_pose_model(key: dict):
 
 
 def sampling_seed(key: dict) -> int:
-    """The seed of a recording's hypotheses: its id and the model's seed, so that a recomputed row is the same row."""
+    """The seed of a recording's hypotheses, from its id and the model's seed: a recomputed row is the same row."""
     return zlib.crc32(key["recording_id"].encode()) + int(key["seed"])
 
 
@@ -193,25 +193,30 @@ class PoseHypotheses(dj.Computed):
         model_row = (PoseModelConfig & key).fetch1()
         weights = (TrainedPoseModel & key).fetch1("weights").read()
         recording = (Recording & key).fetch1()
-        return (model_row["builder"], json_value(model_row["config"]), bytes_as_text(weights),
-                np.asarray(recording["keypoints"]), np.asarray(recording["confidence"]))
+        shape = (int(recording["n_frames"]), int(recording["n_joints"]))
+        # arrays cross as text: populate hashes the fetched data, element by element for an array
+        return (model_row["builder"], json_value(model_row["config"]), bytes_as_text(weights), shape,
+                array_as_text(np.ravel(recording["keypoints"])), array_as_text(np.ravel(recording["confidence"])))
 
-    def make_compute(self, key, builder, config, weights, keypoints, confidence):
+    def make_compute(self, key, builder, config, weights, shape, keypoints, confidence):
         from pipeline.behavior import estimators
 
-        model = estimators.rebuild(builder, config, keypoints.shape[1], text_as_bytes(weights))
+        keypoints, confidence = text_as_array(keypoints).reshape(*shape, 2), text_as_array(confidence).reshape(shape)
+        model = estimators.rebuild(builder, config, shape[1], text_as_bytes(weights))
         return (model.sample(keypoints, confidence, seed=sampling_seed(key)).astype(np.float32),)
 
     def make_insert(self, key, hypotheses):
-        self.insert1({**key, "n_hypotheses": hypotheses.shape[0], "n_frames": hypotheses.shape[1],
-                      "mean_pose": hypotheses.mean(0)})
-        self.Frame.insert({**key, "frame_idx": f, "hypotheses": hypotheses[:, f]} for f in range(hypotheses.shape[1]))
+        n, frames = hypotheses.shape[:2]
+        self.insert1({**key, "n_hypotheses": n, "n_frames": frames, "mean_pose": hypotheses.mean(0)})
+        self.Frame.insert({**key, "frame_idx": f, "hypotheses": hypotheses[:, f]} for f in range(frames))
 
     def hypotheses(self) -> np.ndarray:
         """``(hypotheses, frames, joints, 3)`` of the one row of this restriction."""
+        if len(self) != 1:
+            raise LookupError(f"this restriction holds {len(self)} PoseHypotheses rows (expected exactly one)")
         frames = (self.Frame & self.proj()).to_dicts(order_by="frame_idx")
         if not frames:
-            raise LookupError("no PoseHypotheses rows in this restriction (expected exactly one populated row)")
+            raise LookupError("the PoseHypotheses row has no frames (expected one Frame row per frame)")
         return np.stack([np.asarray(f["hypotheses"]) for f in frames], axis=1)
 
 

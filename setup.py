@@ -29,6 +29,7 @@ setup(
         "tqdm>=4.65,<5",
         "matplotlib>=3.7,<4",  # pipeline report, the notebooks' figures
         "numba>=0.59,<0.63",  # spikes: the O(T) AR(1) deconvolution loop
+        "scikit-learn>=1.3,<2",  # vision: the bundled digits (no download)
     ],
     extras_require={
         "test": [

@@ -27,6 +27,10 @@ DEFAULT_MODULES: dict[str, tuple[str, ...]] = {
     "model": ("pipeline.sysid.models",),
     "trainer": ("pipeline.sysid.training",),
     "response": ("pipeline.sysid.responses",),
+    "stimulus_set": ("pipeline.vision.stimuli",),
+    "vision_dataset": ("pipeline.vision.data",),
+    "classifier": ("pipeline.vision.models",),
+    "vision_trainer": ("pipeline.vision.training",),
     # the optional behaviour stage: imported only when a pose builder is resolved
     "pose_data": ("pipeline.behavior.data",),
     "pose_model": ("pipeline.behavior.estimators",),

@@ -124,6 +124,11 @@ class TrainingSet(dj.Manual):
         return key
 
 
+def _as_text(series) -> str:
+    """A ground-truth series as float32 text (what SpikeModel trains on), for populate's fetch hash."""
+    return values.array_as_text(np.asarray(series, dtype=np.float32))
+
+
 def _method_config(row: dict) -> dict:
     return values.json_value(row["config"])
 
@@ -159,7 +164,7 @@ class SpikeModel(dj.Computed):
         # populate hashes the fetched data (deepdiff) before and after computing: arrays as hex
         # text hash in milliseconds, as arrays in tens of seconds for the full ground truth
         return _method_config(row), [
-            (r["truth_dataset"], r["recording"], r["fps"], values.array_as_text(r["calcium"]), values.array_as_text(r["spikes"])) for r in rows
+            (r["truth_dataset"], r["recording"], r["fps"], _as_text(r["calcium"]), _as_text(r["spikes"])) for r in rows
         ]
 
     def make_compute(self, key, config, rows):

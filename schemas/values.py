@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -31,11 +32,19 @@ def text_as_bytes(text: str) -> bytes:
     return text.encode("latin-1")
 
 
-def array_as_text(array: np.ndarray) -> str:
-    """A 1-D float array as text (little-endian float32 bytes), for ``make_fetch`` results."""
-    return bytes_as_text(np.asarray(array, dtype="<f4").tobytes())
+def array_as_text(array: np.ndarray | None) -> str | None:
+    """An array (any dtype and shape) as text, for ``make_fetch`` results; None stays None.
+
+    DeepHash walks a numpy array element by element (seconds for a few thousand images) but
+    hashes text at once; the text is the array's ``.npy`` file, byte for character.
+    """
+    if array is None:
+        return None
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    return bytes_as_text(buffer.getvalue())
 
 
-def text_as_array(text: str) -> np.ndarray:
-    """The inverse of ``array_as_text``: a float32 array."""
-    return np.frombuffer(text_as_bytes(text), dtype="<f4")
+def text_as_array(text: str | None) -> np.ndarray | None:
+    """The inverse of ``array_as_text``."""
+    return None if text is None else np.load(io.BytesIO(text_as_bytes(text)), allow_pickle=False)

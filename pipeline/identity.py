@@ -31,6 +31,9 @@ DEFAULT_MODULES: dict[str, tuple[str, ...]] = {
     "vision_dataset": ("pipeline.vision.data",),
     "classifier": ("pipeline.vision.models",),
     "vision_trainer": ("pipeline.vision.training",),
+    # the optional behaviour stage: imported only when a pose builder is resolved
+    "pose_data": ("pipeline.behavior.data",),
+    "pose_model": ("pipeline.behavior.estimators",),
 }
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}

@@ -4,6 +4,10 @@ Importing this package touches no database. ``activate(prefix)`` connects (see
 ``schemas.database``), declares every stage's schema as ``<prefix><stage>`` and the jobs
 tables of every auto-populated table (so that workers starting together never race to create
 them). Activating again with another prefix or connection rebinds the tables to it.
+
+Optional stages (``OPTIONAL_STAGES``, e.g. ``behavior``) are imported and declared only when
+``activate(prefix, optional=[...])`` asks for them; until then ``tables()``, ``auto_tables()``
+and ``table()`` do not know them, and the core never imports their modules.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ logging.getLogger("datajoint").addFilter(_JobsTableTypeNotice())
 
 # in dependency order: a stage only references tables of the stages before it
 STAGES = ("imaging", "spikes", "sysid", "vision", "workers")
+# stages declared only on request, after the core ones
+OPTIONAL_STAGES = ("behavior",)
 DEFAULT_PREFIX = "v1_"
 
-_active: dict = {"prefix": None, "connection": None}
+_active: dict = {"prefix": None, "connection": None, "optional": ()}
 
 # schema names are quoted by DataJoint, but a prefix is also a word users type, a folder name in
 # the stores and part of every table name: lower-case letters, digits and underscores only
@@ -69,12 +75,19 @@ def default_prefix() -> str:
     return os.environ.get("PIPELINE_PREFIX", DEFAULT_PREFIX)
 
 
-def stage_modules() -> list[ModuleType]:
-    """The stage modules (imported, not activated)."""
-    return [importlib.import_module(f"schemas.{stage}") for stage in STAGES]
+def stage_modules(optional: tuple[str, ...] | None = None) -> list[ModuleType]:
+    """The core stage modules and the ``optional`` ones (default: those activated), imported, not activated."""
+    optional = _active["optional"] if optional is None else optional
+    return [importlib.import_module(f"schemas.{stage}") for stage in STAGES + tuple(optional)]
 
 
-def activate(prefix: str | None = None, *, connection: dj.Connection | None = None, create: bool = True) -> str:
+def activate(
+    prefix: str | None = None,
+    *,
+    connection: dj.Connection | None = None,
+    create: bool = True,
+    optional: tuple[str, ...] | list[str] = (),
+) -> str:
     """Declare every stage's schema as ``<prefix><stage>`` on ``connection``; return the prefix.
 
     Parameters
@@ -87,9 +100,15 @@ def activate(prefix: str | None = None, *, connection: dj.Connection | None = No
         False for a read-only look: nothing is created on the server; ``SchemasMissing`` is
         raised when no stage's schema exists under ``prefix``, and stages whose schema does not
         exist (a stage added by a newer version of the pipeline) are left out of ``tables()``.
+    optional
+        Optional stages to declare too (names of ``OPTIONAL_STAGES``, e.g. ``["behavior"]``).
     """
     from . import database
 
+    unknown = sorted(set(optional) - set(OPTIONAL_STAGES))
+    if unknown:
+        raise ValueError(f"optional stage(s) {unknown} (expected some of: {list(OPTIONAL_STAGES)})")
+    optional = tuple(stage for stage in OPTIONAL_STAGES if stage in optional)
     prefix = validate_prefix(default_prefix() if prefix is None else prefix)
     connection = connection or database.connect()
     existing = None if create else set(dj.list_schemas(connection=connection))
@@ -99,7 +118,7 @@ def activate(prefix: str | None = None, *, connection: dj.Connection | None = No
             f"no pipeline schemas with prefix {prefix!r} on this server; "
             + (f"prefixes found: {', '.join(found)}" if found else "no pipeline schemas found at all")
         )
-    for module in stage_modules():
+    for module in stage_modules(optional):
         schema: dj.Schema = module.schema
         name = prefix + module.__name__.rsplit(".", 1)[1]
         if schema.database == name and schema.connection is connection:
@@ -109,7 +128,7 @@ def activate(prefix: str | None = None, *, connection: dj.Connection | None = No
         if existing is not None and name not in existing:
             continue  # read-only: a stage this database does not have yet
         schema.activate(name, connection=connection, create_schema=create, create_tables=create)
-    _active.update(prefix=prefix, connection=connection)
+    _active.update(prefix=prefix, connection=connection, optional=optional)
     if create:
         for table in auto_tables():
             jobs = table().jobs
@@ -153,17 +172,17 @@ def table(name: str) -> type:
 
 
 def drop_all(prefix: str, connection: dj.Connection) -> None:
-    """Drop every schema under ``prefix`` (tests and throwaway demos).
+    """Drop every schema under ``prefix``, optional stages included (tests and throwaway demos).
 
     Schemas of extra modules (a lab's own tables, ``pipeline worker --module``) depend on the
-    stages and go first; then the stages, last to first.
+    stages and go first; then the stages, last to first (optional stages before the core).
     """
-    stage_names = {prefix + module.__name__.rsplit(".", 1)[1] for module in stage_modules()}
+    stage_names = {prefix + stage for stage in STAGES + OPTIONAL_STAGES}
     for name in dj.list_schemas(connection=connection):
         if name.startswith(prefix) and name not in stage_names:
             dj.Schema(name, connection=connection, create_schema=False).drop(prompt=False)
-    for module in reversed(stage_modules()):
-        name = prefix + module.__name__.rsplit(".", 1)[1]
+    for stage in reversed(STAGES + OPTIONAL_STAGES):
+        name = prefix + stage
         schema = dj.Schema(name, connection=connection, create_schema=False) if _exists(name, connection) else None
         if schema is not None:
             schema.drop(prompt=False)

@@ -27,6 +27,7 @@ DEFAULT_MODULES: dict[str, tuple[str, ...]] = {
     "model": ("pipeline.sysid.models",),
     "trainer": ("pipeline.sysid.training",),
     "response": ("pipeline.sysid.responses",),
+    "insilico": ("pipeline.insilico",),
 }
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}

@@ -1,9 +1,18 @@
 """Models of visual cortex: cores, readouts, shifter, modulator, composed; and their builders."""
 
-from .builders import cnn_factorized, cnn_gaussian, core_output_shape, dataset_shapes, linear_nonlinear, rotation_factorized
-from .cores import IdentityCore, RotationEquivariantCore, StackedCNNCore
+from .builders import (
+    cnn_factorized,
+    cnn_gaussian,
+    core_output_shape,
+    dataset_shapes,
+    divisive_normalization,
+    linear_nonlinear,
+    rotation_factorized,
+)
+from .cores import DivisiveNormalizationCore, IdentityCore, RotationEquivariantCore, StackedCNNCore
 from .encoder import Encoder
 from .modulator import BehaviorModulator
+from .normalization import DivisiveNormalization, make_norm
 from .readouts import FactorizedReadout, GaussianReadout, LinearReadout
 from .regularizers import group_sparsity, laplace_smoothness
 from .shifter import Shifter
@@ -11,6 +20,8 @@ from .steerable import ring_harmonics, steerable_basis
 
 __all__ = [
     "BehaviorModulator",
+    "DivisiveNormalization",
+    "DivisiveNormalizationCore",
     "Encoder",
     "FactorizedReadout",
     "GaussianReadout",
@@ -23,9 +34,11 @@ __all__ = [
     "cnn_gaussian",
     "core_output_shape",
     "dataset_shapes",
+    "divisive_normalization",
     "group_sparsity",
     "laplace_smoothness",
     "linear_nonlinear",
+    "make_norm",
     "ring_harmonics",
     "rotation_factorized",
     "steerable_basis",

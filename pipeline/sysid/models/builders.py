@@ -12,7 +12,7 @@ import torch
 from pipeline import identity
 from pipeline.sysid.training import set_seed
 
-from .cores import IdentityCore, RotationEquivariantCore, StackedCNNCore
+from .cores import DivisiveNormalizationCore, IdentityCore, RotationEquivariantCore, StackedCNNCore
 from .encoder import Encoder
 from .modulator import BehaviorModulator
 from .readouts import FactorizedReadout, GaussianReadout, LinearReadout
@@ -181,6 +181,48 @@ def cnn_gaussian(
         shifter={"hidden": shifter_hidden, "layers": shifter_layers} if shifter else None,
         modulator={"hidden": modulator_hidden} if modulator else None,
     )
+
+
+@identity.register("model", "divisive_normalization")
+def divisive_normalization(
+    dataloaders: dict,
+    seed: int,
+    *,
+    hidden_channels: int = 32,
+    layers: int = 1,
+    input_kernel: int = 9,
+    hidden_kernel: int = 5,
+    pad_input: bool = True,
+    norm: str = "batch",
+    normalize: bool = True,
+    pool_kernel: int = 5,
+    gamma_input: float = 1.0,
+    gamma_hidden: float = 0.0,
+    gamma_readout: float = 1e-4,
+) -> Encoder:
+    """Divisive-normalization model of V1 in the manner of Burg et al. 2021.
+
+    Convolutions (each followed by ``norm``, "batch" | "layer" | "divisive", and ELU) whose
+    rectified output maps are each divided by a learned, non-negative pool of the squared
+    maps of all channels in a ``pool_kernel`` neighbourhood (``DivisiveNormalizationCore``),
+    then a factorized readout. ``normalize=False`` is the same model without the divisive
+    normalization: the control.
+    """
+    shapes, channels = _seeded_shapes(dataloaders, seed)
+    core = DivisiveNormalizationCore(
+        channels,
+        hidden_channels,
+        layers,
+        input_kernel,
+        hidden_kernel,
+        pad_input,
+        gamma_input,
+        gamma_hidden,
+        norm=norm,
+        pool_kernel=pool_kernel,
+        normalize=normalize,
+    )
+    return _encoder(core, shapes, lambda s, n, m: FactorizedReadout(s, n, gamma_readout, m))
 
 
 @identity.register("model", "linear_nonlinear")

@@ -25,9 +25,10 @@ DEFAULT_MODULES: dict[str, tuple[str, ...]] = {
     "spikes": ("pipeline.spikes",),
     "dataset": ("pipeline.sysid.data",),
     "model": ("pipeline.sysid.models",),
-    "trainer": ("pipeline.sysid.training",),
+    "trainer": ("pipeline.sysid.training", "pipeline.sysid.kshot"),
     "response": ("pipeline.sysid.responses",),
     "insilico": ("pipeline.insilico",),
+    "kshot": ("pipeline.sysid.kshot",),
 }
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}

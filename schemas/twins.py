@@ -1,10 +1,14 @@
-"""Digital twins: in-silico experiments on trained models (MEIs, receptive fields, tuning).
+"""Digital twins: in-silico experiments on trained models and K-shot prediction of new neurons.
 
 Each experiment table is keyed by a ``sysid.TrainedModel`` and an ``ExperimentConfig`` of its
 builder (kind ``"insilico"``, see ``pipeline.insilico.experiments``); ``populate()`` rebuilds
 the model from its key, holds behaviour at its training mean and runs the experiment outside
 any transaction (three-part make). Arrays go to the ``models`` object store; per-unit
 summaries are rows of each table's ``Unit`` part, in the order of the master's ``unit_ids``.
+
+``KShotScore`` scores a trained neural process on neurons it was not trained on (the units
+its dataset config's ``neuron_ids`` leave out, or a ``KShotConfig``'s ``heldout`` list) as a
+function of K, beside a readout fitted on the same K trials over its frozen core.
 """
 
 from __future__ import annotations
@@ -169,4 +173,117 @@ class Tuning(_Experiment, dj.Computed):
                 "selectivity": float(arrays["selectivity"][i]),
             }
             for i, u in enumerate(unit_ids)
+        )
+
+
+# --------------------------------------------------------------------------------------- #
+# K-shot prediction of held-out neurons
+# --------------------------------------------------------------------------------------- #
+
+
+@schema
+class KShotConfig(dj.Lookup):
+    definition = params.config_definition("kshot", "how new neurons are predicted from K trials: the K values, draws, baseline")
+    builder_kind = "kshot"
+
+
+def heldout_units(all_units: np.ndarray, dataset_config: dict, heldout: list[int] | None) -> np.ndarray:
+    """The unit ids a K-shot score predicts: ``heldout``, or every unit the model was not trained on.
+
+    A trained model's neurons are the ``neuron_ids`` of its dataset config; the others of the
+    dataset are new to it. Units it was trained on are never scored as new.
+
+    Raises
+    ------
+    ValueError
+        If no unit is left, or ``heldout`` names units the model was trained on or that the
+        dataset does not have.
+    """
+    all_units = np.asarray(all_units, dtype=np.int64)
+    trained = dataset_config.get("neuron_ids")
+    trained = set(all_units.tolist()) if trained is None else {int(u) for u in trained}
+    if heldout is None:
+        out = np.array([u for u in all_units.tolist() if u not in trained], dtype=np.int64)
+    else:
+        out = np.asarray(heldout, dtype=np.int64)
+        seen = sorted(set(out.tolist()) & trained)
+        missing = sorted(set(out.tolist()) - set(all_units.tolist()))
+        if seen or missing:
+            raise ValueError(f"K-shot heldout units {seen} were used in training and {missing} are not in the dataset "
+                             "(expected units of the dataset outside the dataset config's neuron_ids)")
+    if out.size == 0:
+        raise ValueError("K-shot score: no held-out units (the dataset config's neuron_ids leave none out; "
+                         "train on a subset of the units, or list heldout units in the K-shot config)")
+    return out
+
+
+@schema
+class KShotScore(dj.Computed):
+    definition = """
+    # test correlation of held-out neurons predicted from K of their trials: neural process vs fitted readout
+    -> sysid.TrainedModel
+    -> KShotConfig
+    ---
+    n_heldout : int32
+    n_context : int32        # context (train-tier) trials the K are drawn from
+    unit_ids  : <blob>       # (n_heldout,) int64: the order of the per-unit scores
+    """
+
+    class Point(dj.Part):
+        definition = """
+        -> master
+        k_request  : int32          # the configured K (-1: all)
+        method     : varchar(16)    # neural_process | fitted_readout
+        repeat     : int32          # draw of the K trials
+        ---
+        k                        : int32     # K used (clipped to n_context)
+        correlation_to_average   : float64   # mean over held-out units, test tier
+        single_trial_correlation : float64
+        seconds_per_neuron       : float64   # inference (neural process) or fitting (readout), core pass included
+        unit_correlation         : <blob>    # (n_heldout,) correlation to average per unit
+        """
+
+    @property
+    def key_source(self):
+        trained = sysid.TrainedModel.proj() * (sysid.ModelConfig & {"builder": "neural_process"}).proj()
+        return trained * KShotConfig.proj()
+
+    def make_fetch(self, key):
+        _, names, dataset_config, model_config, seed, weights = sysid._one_model(key)
+        builder = (KShotConfig & key).fetch1("builder")
+        _, config = params.load_config(KShotConfig, key)
+        return names, dataset_config, model_config, seed, weights.decode("latin-1"), builder, config
+
+    def make_compute(self, key, names, dataset_config, model_config, seed, weights, builder, config):
+        from pipeline import identity
+        from pipeline.sysid import kshot
+
+        model, _ = sysid._rebuild(names, dataset_config, model_config, seed, weights.encode("latin-1"))
+        dataset_fn = identity.resolve("dataset", names[0])
+        every = dataset_fn(int(seed), **{**dataset_config, "neuron_ids": None})
+        data_key = key["dataset_id"]
+        all_units = np.asarray(every["train"][data_key].dataset.unit_ids, dtype=np.int64)
+        units = heldout_units(all_units, dataset_config, config.get("heldout"))
+        columns = np.searchsorted(all_units, units) if np.all(np.diff(all_units) > 0) else np.array(
+            [int(np.flatnonzero(all_units == u)[0]) for u in units])
+        context = kshot.loader_arrays(every["train"][data_key], columns)
+        test = kshot.loader_arrays(every["test"][data_key], columns)
+        points = identity.resolve("kshot", builder)(model, context, test, int(seed), **config)
+        return units, int(context["responses"].shape[0]), points
+
+    def make_insert(self, key, units, n_context, points):
+        self.insert1({**key, "n_heldout": len(units), "n_context": n_context, "unit_ids": units})
+        self.Point.insert(
+            {
+                **key,
+                "k_request": p["k_request"],
+                "method": p["method"],
+                "repeat": p["repeat"],
+                "k": p["k"],
+                "correlation_to_average": p["correlation_to_average"],
+                "single_trial_correlation": p["single_trial_correlation"],
+                "seconds_per_neuron": p["seconds_per_neuron"],
+                "unit_correlation": np.asarray(p["unit_correlation_to_average"], np.float64),
+            }
+            for p in points
         )

@@ -7,11 +7,13 @@ from .builders import (
     dataset_shapes,
     divisive_normalization,
     linear_nonlinear,
+    neural_process,
     rotation_factorized,
 )
 from .cores import DivisiveNormalizationCore, IdentityCore, RotationEquivariantCore, StackedCNNCore
 from .encoder import Encoder
 from .modulator import BehaviorModulator
+from .neural_process import NeuralProcess, SetEncoder
 from .normalization import DivisiveNormalization, make_norm
 from .readouts import FactorizedReadout, GaussianReadout, LinearReadout
 from .regularizers import group_sparsity, laplace_smoothness
@@ -27,7 +29,9 @@ __all__ = [
     "GaussianReadout",
     "IdentityCore",
     "LinearReadout",
+    "NeuralProcess",
     "RotationEquivariantCore",
+    "SetEncoder",
     "Shifter",
     "StackedCNNCore",
     "cnn_factorized",
@@ -39,6 +43,7 @@ __all__ = [
     "laplace_smoothness",
     "linear_nonlinear",
     "make_norm",
+    "neural_process",
     "ring_harmonics",
     "rotation_factorized",
     "steerable_basis",

@@ -15,6 +15,7 @@ from pipeline.sysid.training import set_seed
 from .cores import DivisiveNormalizationCore, IdentityCore, RotationEquivariantCore, StackedCNNCore
 from .encoder import Encoder
 from .modulator import BehaviorModulator
+from .neural_process import NeuralProcess
 from .readouts import FactorizedReadout, GaussianReadout, LinearReadout
 from .shifter import Shifter
 
@@ -223,6 +224,32 @@ def divisive_normalization(
         normalize=normalize,
     )
     return _encoder(core, shapes, lambda s, n, m: FactorizedReadout(s, n, gamma_readout, m))
+
+
+@identity.register("model", "neural_process")
+def neural_process(
+    dataloaders: dict,
+    seed: int,
+    *,
+    hidden_channels: int = 16,
+    layers: int = 3,
+    input_kernel: int = 9,
+    hidden_kernel: int = 5,
+    pad_input: bool = True,
+    gamma_input: float = 1.0,
+    gamma_hidden: float = 0.0,
+    encoder_hidden: int = 32,
+) -> NeuralProcess:
+    """K-shot neural process (after Cotton, Sinz & Tolias 2020): a stacked CNN core and a set
+    encoder that infers each neuron's location and feature weights from its context trials.
+    Train it with ``neural_process_trainer``."""
+    shapes, channels = _seeded_shapes(dataloaders, seed)
+    core = StackedCNNCore(
+        channels, hidden_channels, layers, input_kernel, hidden_kernel, pad_input, gamma_input, gamma_hidden
+    )
+    image_shape = next(iter(shapes.values()))["image_shape"]
+    neurons = {key: s["n_neurons"] for key, s in shapes.items()}
+    return NeuralProcess(core, neurons, core_output_shape(core, image_shape), encoder_hidden)
 
 
 @identity.register("model", "linear_nonlinear")

@@ -25,7 +25,7 @@ DEFAULT_MODULES: dict[str, tuple[str, ...]] = {
     "spikes": ("pipeline.spikes",),
     "dataset": ("pipeline.sysid.data",),
     "model": ("pipeline.sysid.models",),
-    "trainer": ("pipeline.sysid.training",),
+    "trainer": ("pipeline.sysid.training", "pipeline.sysid.kshot"),
     "response": ("pipeline.sysid.responses",),
     "stimulus_set": ("pipeline.vision.stimuli",),
     "vision_dataset": ("pipeline.vision.data",),
@@ -34,6 +34,8 @@ DEFAULT_MODULES: dict[str, tuple[str, ...]] = {
     # the optional behaviour stage: imported only when a pose builder is resolved
     "pose_data": ("pipeline.behavior.data",),
     "pose_model": ("pipeline.behavior.estimators",),
+    "insilico": ("pipeline.insilico",),
+    "kshot": ("pipeline.sysid.kshot",),
 }
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}

@@ -74,7 +74,7 @@ def text_output(notebook) -> str:
 
 def test_every_notebook_is_listed():
     # the standalone notebooks run without the demo database
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "08"]
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "07", "08"]
     assert [p.name for p in ALL_NOTEBOOKS if p.name in STANDALONE] == ["06_pose.ipynb"]
 
 
@@ -98,6 +98,9 @@ def test_notebook_runs_start_to_end(path, demo_env):
         assert re.search(r"Score\s+[1-9]\d* rows", out)
     if path.name.startswith("02"):
         assert re.search(r"recall (0|1)\.\d\d, precision", out)
+    if path.name.startswith("07"):
+        assert re.search(r"MEI vs true filter: median correlation -?[01]\.\d\d; preferred orientation error", out)
+        assert re.search(r"[1-9]\d* held-out units", out)
     if path.name.startswith("05"):
         (difference,) = re.findall(r"largest difference ([0-9.e+-]+)", out)
         assert float(difference) < 1e-5

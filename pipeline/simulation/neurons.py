@@ -7,11 +7,14 @@ same feature at different orientations, which is what a rotation-equivariant mod
 A neuron's expected response to an image is a rectified, smoothly thresholded filter output,
 multiplied by a gain that some neurons take from running speed and pupil size; the eye
 position (pupil centre) shifts the image on the retina, i.e. all receptive fields together.
+Optionally (``normalized_fraction > 0``) some neurons divide their filter output by the energy
+of a normalization pool: quadrature pairs at their position and frequency at four
+orientations (Heeger 1992), the ground truth a divisive-normalization model should find.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -60,6 +63,13 @@ class Neurons:
         Spontaneous expected count.
     running_gain, pupil_gain : (n,) float
         Log-gain per unit of normalized running speed / pupil size (0: not modulated).
+    norm_strength : (n,) float
+        Weight of the normalization pool (0: not normalized). A normalized neuron's drive is
+        ``norm_gain * z / (1 + norm_strength * (P / norm_scale)^2)``, P the pool energy.
+    norm_scale : (n,) float
+        Root mean square of the pool energy over reference natural images (1 if not normalized).
+    norm_gain : (n,) float
+        Rescales the normalized drive to unit spread over the reference images (1 if not).
     """
 
     height: int
@@ -79,20 +89,61 @@ class Neurons:
     baseline: np.ndarray
     running_gain: np.ndarray
     pupil_gain: np.ndarray
+    norm_strength: np.ndarray | None = None
+    norm_scale: np.ndarray | None = None
+    norm_gain: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self)
+        if self.norm_strength is None:
+            self.norm_strength = np.zeros(n)
+        for name in ("norm_scale", "norm_gain"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.ones(n))
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    @property
+    def normalized(self) -> np.ndarray:
+        """(n,) bool: the neurons with a normalization pool."""
+        return np.asarray(self.norm_strength) > 0
+
     def to_dict(self) -> dict[str, np.ndarray]:
-        """All parameters as arrays (for ``np.savez``); ``from_dict`` inverts it."""
-        return {k: np.asarray(v) for k, v in asdict(self).items()}
+        """All parameters as arrays (for ``np.savez``); ``from_dict`` inverts it.
+
+        A population without normalization leaves the ``norm_*`` arrays out, so that it is
+        stored exactly as before they existed.
+        """
+        out = {k: np.asarray(v) for k, v in asdict(self).items()}
+        if not self.normalized.any():
+            for name in NORM_FIELDS:
+                del out[name]
+        return out
 
     @classmethod
     def from_dict(cls, data) -> "Neurons":
-        values = {f.name: np.asarray(data[f.name]) for f in fields(cls)}
+        values = {
+            f.name: np.asarray(data[f.name])
+            for f in fields(cls)
+            if f.name in data or f.default is MISSING
+        }
         values["height"] = int(values["height"])
         values["width"] = int(values["width"])
         return cls(**values)
+
+    def subset(self, index: np.ndarray) -> "Neurons":
+        """The neurons at ``index`` (an index array or boolean mask)."""
+        arrays = {f.name: np.asarray(getattr(self, f.name))[index] for f in fields(self) if f.name not in ("height", "width")}
+        return replace(self, **arrays)
+
+
+#: the parameters of the normalization pool (absent from populations without one)
+NORM_FIELDS = ("norm_strength", "norm_scale", "norm_gain")
+#: orientations of the pool's quadrature pairs, relative to the neuron's own (radians)
+POOL_ORIENTATIONS = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
+#: the pool's envelope, relative to the neuron's own
+POOL_SIGMA_FACTOR = 1.5
 
 
 def make_neurons(
@@ -106,6 +157,8 @@ def make_neurons(
     modulated_fraction: float = 0.5,
     mean_rate: float = 3.0,
     margin: float = 0.2,
+    normalized_fraction: float = 0.0,
+    norm_strength: tuple[float, float] = (2.0, 4.0),
 ) -> Neurons:
     """A random population of ground-truth neurons, deterministic given ``seed``.
 
@@ -127,6 +180,11 @@ def make_neurons(
         Target scale of the expected count (spikes per trial) of a typical neuron.
     margin
         Fraction of the image on each side kept free of receptive-field centres.
+    normalized_fraction
+        Fraction of neurons with a divisive normalization pool (0: none, and the population
+        is exactly the one this function made before pools existed).
+    norm_strength
+        Range of the pool weights of the normalized neurons (uniform).
 
     Returns
     -------
@@ -178,7 +236,49 @@ def make_neurons(
 
     reference = natural_images(256, height, width, seed=7919)
     neurons.scale = np.maximum(_drive(neurons, _contrast(reference)).std(axis=0), 1e-6)
+    if normalized_fraction > 0:
+        _add_pools(neurons, _contrast(reference), normalized_fraction, norm_strength, seed)
     return neurons
+
+
+def _add_pools(
+    neurons: Neurons, reference: np.ndarray, fraction: float, strength: tuple[float, float], seed: int
+) -> None:
+    """Give a random ``fraction`` of the neurons a normalization pool, calibrated on ``reference``."""
+    if not 0.0 < fraction <= 1.0 or not 0.0 < strength[0] <= strength[1]:
+        raise ValueError(f"make_neurons: normalized_fraction={fraction}, norm_strength={strength} "
+                         "(expected a fraction in (0, 1] and 0 < low <= high)")
+    # a generator of its own: the other parameters stay those of a population without pools
+    rng = np.random.default_rng([seed, 2])
+    n = len(neurons)
+    chosen = rng.random(n) < fraction
+    neurons.norm_strength = np.where(chosen, rng.uniform(strength[0], strength[1], n), 0.0)
+    index = np.flatnonzero(chosen)
+    pool = pool_energy(neurons.subset(index), reference)
+    neurons.norm_scale[index] = np.maximum(np.sqrt((pool**2).mean(axis=0)), 1e-6)
+    z = _drive(neurons.subset(index), reference) / neurons.scale[index]
+    divided = z / (1.0 + neurons.norm_strength[index] * (pool / neurons.norm_scale[index]) ** 2)
+    neurons.norm_gain[index] = 1.0 / np.maximum(divided.std(axis=0), 1e-6)
+
+
+def pool_energy(neurons: Neurons, contrast: np.ndarray) -> np.ndarray:
+    """Energy of each neuron's normalization pool: sqrt of the summed squared quadrature outputs.
+
+    The pool is a quadrature pair at the neuron's position and frequency, with an envelope
+    ``POOL_SIGMA_FACTOR`` times wider, at each of ``POOL_ORIENTATIONS`` relative to its own
+    (orientation-untuned, as the contrast-gain pool of Heeger 1992).
+
+    Returns
+    -------
+    (n_images, n_neurons) float64
+    """
+    flat = contrast.reshape(contrast.shape[0], -1)
+    total = np.zeros((contrast.shape[0], len(neurons)))
+    for offset in POOL_ORIENTATIONS:
+        pool = replace(neurons, orientation=neurons.orientation + offset, sigma=neurons.sigma * POOL_SIGMA_FACTOR)
+        rf = receptive_fields(pool).reshape(len(neurons), 2, -1)
+        total += (flat @ rf[:, 0].T) ** 2 + (flat @ rf[:, 1].T) ** 2
+    return np.sqrt(total)
 
 
 def receptive_fields(neurons: Neurons) -> np.ndarray:
@@ -284,6 +384,12 @@ def neuron_rates(
         shifts = -SHIFT_PER_PUPIL_PIXEL * pupil_center[:, ::-1]
         contrast = shift_images(contrast, shifts)
     z = _drive(neurons, contrast) / neurons.scale[None, :]
+    normalized = np.flatnonzero(neurons.normalized)
+    if normalized.size:
+        pool = pool_energy(neurons.subset(normalized), contrast) / neurons.norm_scale[normalized]
+        z[:, normalized] = neurons.norm_gain[normalized] * z[:, normalized] / (
+            1.0 + neurons.norm_strength[normalized] * pool**2
+        )
     k = 4.0  # sharpness of the soft threshold
     drive = np.logaddexp(0.0, k * (z - neurons.threshold[None, :])) / k
     rates = neurons.baseline[None, :] + neurons.gain[None, :] * drive

@@ -74,6 +74,7 @@ def simulate_population(
     complex_fraction: float = 0.5,
     modulated_fraction: float = 0.5,
     mean_rate: float = 3.0,
+    normalized_fraction: float = 0.0,
     with_behavior: bool = True,
     overwrite: bool = False,
 ) -> Path:
@@ -97,6 +98,10 @@ def simulate_population(
         Image size (pixels).
     n_types, complex_fraction, modulated_fraction, mean_rate
         Passed to ``make_neurons``.
+    normalized_fraction
+        Fraction of neurons with a ground-truth divisive normalization pool (``make_neurons``;
+        the default 0 gives the population this function made before pools existed). Their
+        ``ground_truth/neurons/norm_strength`` is > 0.
     with_behavior
         Simulate running / pupil / eye position and write them; if False the neurons see
         centred images with no modulation and the folder has no behavior / pupil_center.
@@ -128,6 +133,7 @@ def simulate_population(
         complex_fraction=complex_fraction,
         modulated_fraction=modulated_fraction,
         mean_rate=mean_rate,
+        normalized_fraction=normalized_fraction,
     )
     # image ids 0..n_images-1; the test images are repeated
     image_ids = np.concatenate(

@@ -12,9 +12,10 @@ import torch
 from pipeline import identity
 from pipeline.sysid.training import set_seed
 
-from .cores import IdentityCore, RotationEquivariantCore, StackedCNNCore
+from .cores import DivisiveNormalizationCore, IdentityCore, RotationEquivariantCore, StackedCNNCore
 from .encoder import Encoder
 from .modulator import BehaviorModulator
+from .neural_process import NeuralProcess
 from .readouts import FactorizedReadout, GaussianReadout, LinearReadout
 from .shifter import Shifter
 
@@ -207,6 +208,78 @@ def cnn_gaussian(
         shifter={"hidden": shifter_hidden, "layers": shifter_layers} if shifter else None,
         modulator={"hidden": modulator_hidden} if modulator else None,
     )
+
+
+@identity.register(
+    "model", "divisive_normalization", validate=_limits({**_CORE, "hidden_channels": 1, "pool_kernel": 1})
+)
+def divisive_normalization(
+    dataloaders: dict,
+    seed: int,
+    *,
+    hidden_channels: int = 32,
+    layers: int = 1,
+    input_kernel: int = 9,
+    hidden_kernel: int = 5,
+    pad_input: bool = True,
+    norm: str = "batch",
+    normalize: bool = True,
+    pool_kernel: int = 5,
+    gamma_input: float = 1.0,
+    gamma_hidden: float = 0.0,
+    gamma_readout: float = 1e-4,
+) -> Encoder:
+    """Divisive-normalization model of V1 in the manner of Burg et al. 2021.
+
+    Convolutions (each followed by ``norm``, "batch" | "layer" | "divisive", and ELU) whose
+    rectified output maps are each divided by a learned, non-negative pool of the squared
+    maps of all channels in a ``pool_kernel`` neighbourhood (``DivisiveNormalizationCore``),
+    then a factorized readout. ``normalize=False`` is the same model without the divisive
+    normalization: the control.
+    """
+    shapes, channels = _seeded_shapes(dataloaders, seed)
+    core = DivisiveNormalizationCore(
+        channels,
+        hidden_channels,
+        layers,
+        input_kernel,
+        hidden_kernel,
+        pad_input,
+        gamma_input,
+        gamma_hidden,
+        norm=norm,
+        pool_kernel=pool_kernel,
+        normalize=normalize,
+    )
+    return _encoder(core, shapes, lambda s, n, m: FactorizedReadout(s, n, gamma_readout, m))
+
+
+@identity.register(
+    "model", "neural_process", validate=_limits({**_CORE, "hidden_channels": 1, "encoder_hidden": 1})
+)
+def neural_process(
+    dataloaders: dict,
+    seed: int,
+    *,
+    hidden_channels: int = 16,
+    layers: int = 3,
+    input_kernel: int = 9,
+    hidden_kernel: int = 5,
+    pad_input: bool = True,
+    gamma_input: float = 1.0,
+    gamma_hidden: float = 0.0,
+    encoder_hidden: int = 32,
+) -> NeuralProcess:
+    """K-shot neural process (after Cotton, Sinz & Tolias 2020): a stacked CNN core and a set
+    encoder that infers each neuron's location and feature weights from its context trials.
+    Train it with ``neural_process_trainer``."""
+    shapes, channels = _seeded_shapes(dataloaders, seed)
+    core = StackedCNNCore(
+        channels, hidden_channels, layers, input_kernel, hidden_kernel, pad_input, gamma_input, gamma_hidden
+    )
+    image_shape = next(iter(shapes.values()))["image_shape"]
+    neurons = {key: s["n_neurons"] for key, s in shapes.items()}
+    return NeuralProcess(core, neurons, core_output_shape(core, image_shape), encoder_hidden)
 
 
 @identity.register(

@@ -13,6 +13,7 @@ workers that died.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shutil
 import signal
@@ -130,7 +131,18 @@ class PrivateMariaDB:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-_EMBEDDED = "import sys; from schemas import database; print(database.{}())"
+@contextlib.contextmanager
+def _pipeline_home(home: Path):
+    """``schemas.database`` reads ``PIPELINE_HOME`` at each call: point it at ``home`` for a while."""
+    before = os.environ.get("PIPELINE_HOME")
+    os.environ["PIPELINE_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PIPELINE_HOME", None)
+        else:
+            os.environ["PIPELINE_HOME"] = before
 
 
 class PrivatePostgres:
@@ -153,30 +165,24 @@ class PrivatePostgres:
     def install(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
 
-    def _call(self, function: str) -> str:
-        # in a subprocess: the server belongs to the home of PIPELINE_HOME, read at call time,
-        # and this process may serve another home (the test session's)
-        env = {**os.environ, "PIPELINE_HOME": str(self.home), "PYTHONPATH": str(ROOT)}
-        done = subprocess.run([sys.executable, "-c", _EMBEDDED.format(function)], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
-        if done.returncode:
-            raise RuntimeError(f"{function} failed: {done.stderr[-2000:]}")
-        return done.stdout
-
     def start(self) -> None:
-        self._call("start_embedded")
-        self.status = self._read_status()
+        from schemas import database
 
-    def _read_status(self) -> dict:
-        lines = (self.home / "pgdata" / "postmaster.pid").read_text().splitlines()
-        return dict(pid=int(lines[0]), port=int(lines[3]), socket_dir=lines[4].strip())
+        # in this process, as the test session starts its own server: a subprocess would spend
+        # seconds importing on a busy machine, and the fault must land while workers compute
+        with _pipeline_home(self.home):
+            self.status = database.start_embedded()
 
     def stop(self) -> None:
-        self._call("stop_embedded")
+        from schemas import database
+
+        with _pipeline_home(self.home):
+            database.stop_embedded()
 
     def kill(self) -> None:
         """SIGKILL the postmaster, then wait for its backends to notice and exit (they hold its memory)."""
         pid = self.status["pid"]
+        assert pid, self.status
         children = _children(pid)
         os.kill(pid, signal.SIGKILL)
         _wait_for(lambda: not any(_pid_running(p) for p in [pid, *children]), 60, "postmaster's backends to exit")

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 WORKERS = 3
 ITEMS = 30
-SLEEP = 0.2  # seconds per make(): 30 keys x 0.2 s / 3 workers = 2 s of work, a fault lands in it
+SLEEP = 0.5  # seconds per make(): 30 keys x 0.5 s / 3 workers = 5 s of work, the fault lands in it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,14 +65,17 @@ def private_postgres(tmp_path_factory):
 
 
 def _restart_under_workers(server, folder: Path, crash: bool = False) -> tuple[fh.Outcome, fh.FaultRun]:
-    """Workers on ``ITEMS`` keys; the server goes down for 5 s after 6 keys; the run until every row is in."""
+    """Workers on ``ITEMS`` keys; the server goes down for 5 s after 3 keys; the run until every row is in."""
     run = fh.FaultRun(server, folder, n_items=ITEMS, sleep=SLEEP)
     try:
         run.start_workers(WORKERS, "--give-up-after", "120")
-        run.wait_until_done(6)
-        fh.restart_server(run, pause=5.0, crash=crash)
+        run.wait_until_done(3)
+        held = fh.reserved_keys(run)
+        back = fh.restart_server(run, pause=5.0, crash=crash)
         run.wait_for_rows()
-        return run.outcome(), run
+        outcome = run.outcome()
+        outcome.recovery_s = run.recovery_after(back, held)
+        return outcome, run
     finally:
         run.close()
 
@@ -85,6 +88,9 @@ def _assert_nothing_lost(outcome: fh.Outcome, run: fh.FaultRun) -> None:
     assert (outcome.jobs_reserved, outcome.jobs_error) == (0, 0), output
     # each worker waited for the server (one line per attempt) rather than dying
     assert output.count("database reachable again") == WORKERS, output
+    # the heartbeat wakes a worker waiting out its backoff: work resumes within seconds, not
+    # after a wait as long as the outage (the jobs held at the fault are done by then too)
+    assert outcome.recovery_s is not None and outcome.recovery_s < 8.0, (outcome, output)
 
 
 def test_workers_survive_a_5s_mariadb_restart_and_compute_every_key_once(private_mariadb, tmp_path):
@@ -100,6 +106,23 @@ def test_workers_survive_a_5s_embedded_postgres_restart_and_compute_every_key_on
 def test_workers_survive_a_sigkilled_postmaster_and_compute_every_key_once(private_postgres, tmp_path):
     outcome, run = _restart_under_workers(private_postgres, tmp_path, crash=True)
     _assert_nothing_lost(outcome, run)
+
+
+def test_worker_started_while_the_server_is_down_waits_and_then_works(private_mariadb, tmp_path):
+    run = fh.FaultRun(private_mariadb, tmp_path, n_items=3, sleep=0.0)
+    try:
+        started = time.time()
+        private_mariadb.stop()
+        run.start_workers(1, "--give-up-after", "120")
+        fh._wait_for(lambda: "database unreachable while starting" in run.output(), 60, "the worker waiting")
+        private_mariadb.start()
+        run.outages.append((started, time.time()))
+        run.wait_for_rows()
+        outcome = run.outcome()
+    finally:
+        run.close()
+    assert (outcome.workers_alive, outcome.exit_codes) == (1, [0]), run.output()
+    assert (outcome.rows_found, outcome.duplicates, outcome.jobs_reserved, outcome.jobs_error) == (3, 0, 0, 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -274,6 +274,11 @@ class FaultRun:
             raise RuntimeError(f"pipeline {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
         return done
 
+    def add_items(self, ids, sleep: float) -> None:
+        self._ensure_connected()
+        self.wt.Item.insert([dict(item_id=i, sleep=float(sleep), spin=0, fail=0) for i in ids])
+        self.n_items += len(ids)
+
     def start_workers(self, n: int, *args: str) -> None:
         for _ in range(n):
             out = open(self.folder / f"worker{len(self.procs)}.out", "w")
@@ -420,3 +425,15 @@ def restart_server(run: FaultRun, pause: float = 5.0, crash: bool = False) -> fl
 def reserved_keys(run: FaultRun) -> list[int]:
     run._ensure_connected()
     return sorted(int(k) for k in run.wt.Square.jobs.reserved.to_arrays("item_id"))
+
+
+def worker_backends(connection: dj.Connection) -> dict[int, str]:
+    """PostgreSQL: backend pid -> last query of every other client of the database, heartbeats left out.
+
+    With workers idle, these are their main connections (a heartbeat's last query sets ``last_seen``).
+    """
+    rows = connection.query(
+        "SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND backend_type = 'client backend'"
+    ).fetchall()
+    return {int(pid): query for pid, query in rows if "last_seen=" not in query.replace(" ", "")}

@@ -200,15 +200,6 @@ def work(db, tmp_path):
     _clear()
 
 
-def _main_backends(connection) -> dict[int, str]:
-    """Backend pid -> last query of every other client of this database, heartbeats left out."""
-    rows = connection.query(
-        "SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-        "AND backend_type = 'client backend'"
-    ).fetchall()
-    return {int(pid): query for pid, query in rows if "last_seen=" not in query.replace(" ", "")}
-
-
 def test_idle_worker_survives_pg_terminate_backend_and_goes_on_working(work):
     if work.db.backend != "postgresql":
         pytest.skip("pg_terminate_backend is PostgreSQL's")
@@ -216,7 +207,7 @@ def test_idle_worker_survives_pg_terminate_backend_and_goes_on_working(work):
     proc = work.worker()
     work.wait(lambda: len(wt.Square()) == 3, 60, "3 rows")
     work.worker_row(proc, "idle")
-    backends = _main_backends(work.db.connection)
+    backends = fh.worker_backends(work.db.connection)
     assert len(backends) == 1, backends  # the worker's main connection (the heartbeat's is left out)
     [terminated] = backends
     assert work.db.connection.query("SELECT pg_terminate_backend(%s)", args=(terminated,)).fetchone()[0] is True
@@ -228,7 +219,7 @@ def test_idle_worker_survives_pg_terminate_backend_and_goes_on_working(work):
     assert proc.poll() is None, work.output()
     assert work.rows() == [(i, proc.pid) for i in range(6)]
     assert {k: dict(c) for k, c in work.done().items()} == {i: {"start": 1, "done": 1} for i in range(6)}
-    new = _main_backends(work.db.connection)
+    new = fh.worker_backends(work.db.connection)
     assert len(new) == 1 and terminated not in new, new  # it reconnected
     assert len(wt.Square.jobs) == 0
 

@@ -58,12 +58,14 @@ OUTAGE_S = 5.0
 
 
 def server_restart(run: fh.FaultRun, args) -> tuple[float, list[int], int]:
+    run.wait_until_started()
     run.wait_until_done(args.keys // 6)
     held = fh.reserved_keys(run)
     return fh.restart_server(run, OUTAGE_S), held, 0
 
 
 def postmaster_sigkill(run: fh.FaultRun, args) -> tuple[float, list[int], int]:
+    run.wait_until_started()
     run.wait_until_done(args.keys // 6)
     held = fh.reserved_keys(run)
     return fh.restart_server(run, OUTAGE_S, crash=True), held, 0

@@ -301,6 +301,16 @@ class FaultRun:
                 out.append((int(item), pid, event, float(t)))
         return sorted(out, key=lambda e: e[3])
 
+    def wait_until_started(self, timeout: float = 120) -> None:
+        """Until every worker is in its loop (a worker still starting up would meet the fault there)."""
+        def started():
+            return all(" started (gpu" in (self.folder / f"worker{i}.out").read_text() for i in range(len(self.procs)))
+
+        try:
+            _wait_for(started, timeout, f"{len(self.procs)} workers started")
+        except TimeoutError as error:
+            raise AssertionError(f"{error}\n{self.output()}") from None
+
     def done_count(self) -> int:
         return len({e[0] for e in self.events() if e[2] == "done"})
 

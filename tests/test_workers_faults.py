@@ -69,6 +69,7 @@ def _restart_under_workers(server, folder: Path, crash: bool = False) -> tuple[f
     run = fh.FaultRun(server, folder, n_items=ITEMS, sleep=SLEEP)
     try:
         run.start_workers(WORKERS, "--give-up-after", "120")
+        run.wait_until_started()
         run.wait_until_done(3)
         held = fh.reserved_keys(run)
         back = fh.restart_server(run, pause=5.0, crash=crash)

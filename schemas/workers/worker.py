@@ -107,6 +107,7 @@ class WorkerProcess:
         self._durations: dict[str, float] = {}  # running mean of job durations per table
         self._last_control = 0.0
         self._beat_stop = threading.Event()
+        self._server_back = threading.Event()  # set by the heartbeat when it reaches the server again
         self._beat_thread: threading.Thread | None = None
         self._job_started = 0.0
         for table in self.tables:
@@ -189,7 +190,8 @@ class WorkerProcess:
 
         Raises ``DatabaseGone`` after ``options.give_up_after`` seconds without a server.
         """
-        attempts = wait_for_connection(self.connection, give_up_after=self.options.give_up_after, log=log)
+        attempts = wait_for_connection(self.connection, give_up_after=self.options.give_up_after, log=log,
+                                       wake=self._server_back)
         if attempts:
             self.reconnects += 1
         if self.connection.in_transaction:  # left open by a make() that broke off
@@ -246,15 +248,17 @@ class WorkerProcess:
 
     # -- heartbeat ----------------------------------------------------------------------------
 
-    def _register(self) -> None:
+    def _register(self) -> bool:
         # a new process: any job still reserved under this host and pid is an orphan of an
         # earlier process that had the same pid
         self._release_mine()
         now = self.connection.query(f"SELECT {_now(self.connection)}").fetchone()[0]
+        # skip_duplicates: run again after a lost reply, the insert may have been committed
         Worker.insert1(
             dict(worker_id=self.worker_id, host=self.host, pid=self.pid, gpu=self.gpu, started=now, last_seen=now,
-                 status="idle")
+                 status="idle"), skip_duplicates=True,
         )
+        return True
 
     def _beat_sql(self) -> str:
         return (
@@ -286,6 +290,7 @@ class WorkerProcess:
                 self._beat(beat_connection)
                 if failures:
                     log.warning("worker %s: heartbeat back after %d failed beat(s)", self.worker_id, failures)
+                    self._server_back.set()  # a main loop waiting for the server need not wait longer
                 failures = 0
             except Exception as error:  # noqa: BLE001 - the next beat reconnects
                 failures += 1
@@ -389,7 +394,8 @@ class WorkerProcess:
     def run(self) -> int:
         """Work until stopped, ``max_jobs`` done, or (with ``exit_when_idle``) nothing is left."""
         self._install_signal_handlers()
-        self._register()
+        while not self._guarded("registration", self._register):
+            pass  # the server went away meanwhile: _guarded waited for it
         self._beat_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._beat_thread.start()
         log.info("worker %s started (gpu %r) on %s", self.worker_id, self.gpu, [t.__class__.__name__ for t in self.tables])
@@ -434,6 +440,42 @@ def setup_logging() -> None:
         log.propagate = False
 
 
+def _start_up(prefix: str | None, options: WorkerOptions, first_wait: float = 0.5, longest_wait: float = 30.0):
+    """Activate the schemas and choose the tables; return the tables.
+
+    A worker that starts while the server restarts (a scheduler launched it a moment before)
+    waits for it like a running worker, with the same capped backoff and ``give_up_after``.
+    Each new try binds every schema to a fresh connection, so that no schema is left half
+    activated on the connection that broke.
+    """
+    from ..database import connect
+
+    started = time.monotonic()
+    wait = first_wait
+    attempt = 0
+    while True:
+        try:
+            if attempt:
+                connect(reset=True)
+            _prefix, modules = activate_with_modules(prefix, options.modules)
+            tables = select_tables(options.tables, modules)
+            ensure_jobs_tables(tables)
+            return tables
+        except Exception as error:  # noqa: BLE001 - only connection errors are waited out
+            if not is_connection_error(error):
+                raise
+            attempt += 1
+            waited = time.monotonic() - started
+            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            if options.give_up_after is not None and waited + wait > options.give_up_after:
+                raise DatabaseGone(f"database unreachable for {waited:.0f} s while starting ({attempt} attempts; "
+                                   f"gave up after {options.give_up_after} s): {reason}") from error
+            log.warning("database unreachable while starting (attempt %d, %.0f s): %s; next try in %.1f s", attempt,
+                        waited, reason, wait)
+            time.sleep(wait)
+            wait = min(longest_wait, wait * 2)
+
+
 def run_worker(prefix: str | None, options: WorkerOptions) -> int:
     """Run one worker in this process until it stops; return its exit status.
 
@@ -441,9 +483,11 @@ def run_worker(prefix: str | None, options: WorkerOptions) -> int:
     """
     setup_logging()
     gpu = pin_gpu(options.gpu)  # before anything can initialize CUDA
-    _prefix, modules = activate_with_modules(prefix, options.modules)
-    tables = select_tables(options.tables, modules)
-    ensure_jobs_tables(tables)
+    try:
+        tables = _start_up(prefix, options)
+    except DatabaseGone as error:
+        log.error("worker %s:%d: %s; exiting", platform.node(), os.getpid(), error)
+        return 3
     worker = WorkerProcess(Worker.connection, tables, options, gpu=gpu)
     try:
         code = worker.run()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from pipeline import identity
-from pipeline.sysid import metrics
+from pipeline.sysid import checkpoints, metrics
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,6 +93,7 @@ def standard_trainer(
     dataloaders: dict,
     seed: int,
     progress: bool = True,
+    checkpoint: checkpoints.EpochFiles | None = None,
     *,
     max_epochs: int = 100,
     lr: float = 5e-3,
@@ -119,12 +120,16 @@ def standard_trainer(
         the CPU and is moved to the device one batch at a time.
     seed : seeds Python, numpy and torch (``set_seed``) before the first batch.
     progress : a tqdm bar per epoch (not part of the config: it changes no result).
+    checkpoint : where to save the training state every ``checkpoint.every`` epochs and to
+        resume from (``pipeline.sysid.checkpoints``); not part of the config: a resumed run
+        ends with the same weights, score and history as one never stopped.
 
     Returns
     -------
     TrainingResult with the best validation correlation as ``score``, the CPU state dict of
     the best weights and ``output`` = {"history": [...per epoch...], "epochs", "best_epoch",
-    "seconds_per_epoch", "images_per_second", "device"}.
+    "seconds_per_epoch", "images_per_second", "device", "resumed_from" (the epochs after which
+    training was resumed from a checkpoint)}.
 
     Raises
     ------
@@ -151,8 +156,22 @@ def standard_trainer(
     best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
     history: list[dict[str, Any]] = []
     waited, decays, train_seconds, train_images = 0, 0, 0.0, 0
-    epoch = 0
-    for epoch in range(1, max_epochs + 1):
+    epoch, first, resumed_from = 0, 1, []
+    resumed = checkpoints.resume(checkpoint, model, optimizer, dataloaders)
+    if resumed is not None:
+        epoch, state = resumed
+        first, resumed_from = epoch + 1, [*state["resumed_from"], epoch]
+        best_score, best_state, best_epoch = state["best_score"], state["best_state"], state["best_epoch"]
+        history, waited, decays = state["history"], state["waited"], state["decays"]
+        train_seconds, train_images = state["train_seconds"], state["train_images"]
+    for epoch in range(first, max_epochs + 1):
+        if checkpoint is not None and epoch > first and checkpoint.due(epoch - 1):
+            progress_state = dict(
+                best_score=best_score, best_state=checkpoints.cpu_state(best_state), best_epoch=best_epoch,
+                history=history, waited=waited, decays=decays, train_seconds=train_seconds,
+                train_images=train_images, resumed_from=resumed_from,
+            )
+            checkpoint.save(epoch - 1, checkpoints.trainer_state(model, optimizer, dataloaders, progress_state))
         model.train()
         started = time.perf_counter()
         total_loss, images = 0.0, 0
@@ -182,6 +201,7 @@ def standard_trainer(
                 "validation_correlation": score,
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": seconds,
+                "finished_at": time.time(),
             }
         )
         if score > best_score + tolerance:
@@ -206,6 +226,7 @@ def standard_trainer(
             "seconds_per_epoch": train_seconds / max(epoch, 1),
             "images_per_second": train_images / train_seconds if train_seconds else float("nan"),
             "device": str(device),
+            "resumed_from": resumed_from,
         },
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     )

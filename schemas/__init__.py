@@ -36,7 +36,7 @@ class _JobsTableTypeNotice(logging.Filter):
 logging.getLogger("datajoint").addFilter(_JobsTableTypeNotice())
 
 # in dependency order: a stage only references tables of the stages before it
-STAGES = ("imaging", "spikes", "sysid", "workers")
+STAGES = ("imaging", "spikes", "sysid", "modelling", "workers")
 DEFAULT_PREFIX = "v1_"
 
 _active: dict = {"prefix": None, "connection": None}

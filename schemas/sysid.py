@@ -304,6 +304,13 @@ class TrainedModel(dj.Computed):
     provenance  : json            # packages, git commit, torch / CUDA, host, GPU, wall time, seed
     """
 
+    @property
+    def key_source(self):
+        # configs that a sweep sampled are trained only as the sweep's members (schemas.modelling)
+        from . import modelling
+
+        return modelling.restrict_to_sweeps(super().key_source)
+
     def make_fetch(self, key):
         dataset_fn, dataset_config, model_fn, model_config, seed = _builders(key)
         trainer_fn, trainer_config = params.load_config(TrainerConfig, key)
@@ -319,6 +326,8 @@ class TrainedModel(dj.Computed):
         from pipeline import identity
         from pipeline.sysid import fitting
 
+        from . import checkpoints
+
         fit = fitting.fit(
             identity.resolve("dataset", names[0]),
             dataset_config,
@@ -327,6 +336,7 @@ class TrainedModel(dj.Computed):
             identity.resolve("trainer", names[2]),
             trainer_config,
             seed,
+            checkpoint=checkpoints.for_job(self, key),  # resume after preemption (schemas.checkpoints)
         )
         return fit.score, fit.output, fitting.state_dict_bytes(fit.state_dict), fit.provenance
 
@@ -334,6 +344,9 @@ class TrainedModel(dj.Computed):
         self.insert1(
             {**key, "score": score, "output": output, "weights": (".pt", weights), "provenance": provenance}
         )
+        from . import checkpoints
+
+        checkpoints.for_job(self, key).remove()  # the result is stored: nothing to resume any more
 
     def delete(self, *args, **kwargs):
         """Delete rows (and their scores) and their stored weights."""

@@ -494,3 +494,69 @@ class EnsembleScore(dj.Computed):
             }
             for i, u in enumerate(scores["unit_ids"])
         )
+
+
+# --------------------------------------------------------------------------------------- #
+# retraining
+# --------------------------------------------------------------------------------------- #
+
+
+def retrain(key: dict[str, Any], device: str | None = None) -> dict[str, Any]:
+    """Train one trained model again from scratch and compare weights and scores with the stored ones.
+
+    ``sysid.reproduce`` re-scores the stored weights; this repeats the training itself (no
+    checkpoint is used), from the builders, configs and seed of the key, where the trainer
+    trains (CUDA when there is one). On the machine and device it was trained on, the result
+    is the same to the bit; elsewhere, expect small differences.
+
+    Parameters
+    ----------
+    key
+        Restricts ``TrainedModel`` to exactly one row.
+    device
+        Where the retrained model is scored: ``"cpu"``, ``"cuda"`` or None (CUDA when there is one).
+
+    Returns
+    -------
+    dict
+        ``key`` (the full key), ``max_weight_difference`` (largest absolute difference over
+        every weight; inf if the tensors' names or shapes differ), ``score`` and
+        ``stored_score`` (the trainer's validation score), ``scores`` (test scores of the
+        retrained model), ``stored`` (the ``Score`` row or None), ``max_score_difference``
+        (test means and per unit, or None without a stored Score), ``provenance`` of the
+        retraining and ``stored_provenance``.
+    """
+    from pipeline.sysid import fitting
+
+    try:
+        full, names, dataset_config, model_config, seed, stored_weights = sysid._one_model(key)
+    except LookupError as error:
+        raise LookupError(f"retrain: {error}") from None
+    trainer_fn, trainer_config = params.load_config(sysid.TrainerConfig, full)
+    fit = fitting.fit(
+        identity.resolve("dataset", names[0]), dataset_config, identity.resolve("model", names[1]), model_config,
+        trainer_fn, trainer_config, seed,
+    )
+    weights = fitting.state_dict_bytes(fit.state_dict)
+    scores = sysid._score(full, names, dataset_config, model_config, seed, weights, device=device)
+    stored, score_difference = sysid.stored_score_difference(full, scores)
+    row = (sysid.TrainedModel & full).fetch1()
+    return {
+        "key": full,
+        "max_weight_difference": max_weight_difference(fitting.load_state_dict(stored_weights), fit.state_dict),
+        "score": fit.score,
+        "stored_score": float(row["score"]),
+        "scores": scores,
+        "stored": stored,
+        "max_score_difference": score_difference,
+        "provenance": fit.provenance,
+        "stored_provenance": _json(row["provenance"]),
+    }
+
+
+def max_weight_difference(a: dict, b: dict) -> float:
+    """Largest absolute difference between two state dicts; inf if their names or shapes differ."""
+    if sorted(a) != sorted(b) or any(a[k].shape != b[k].shape for k in a):
+        return float("inf")
+    diffs = [float((a[k].double() - b[k].double().to(a[k].device)).abs().max()) for k in a if a[k].numel()]
+    return max(diffs, default=0.0)

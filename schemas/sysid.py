@@ -493,23 +493,7 @@ def reproduce(key: dict, device: str | None = None) -> dict:
     except LookupError as error:
         raise LookupError(f"reproduce: {error}") from None
     scores = _score(full, names, dataset_config, model_config, seed, weights, device=device)
-    stored, difference = None, None
-    if Score & full:
-        stored = (Score & full).fetch1()
-        units = {r["unit_id"]: r for r in (Score.Unit & full).to_dicts()}
-        diffs = [
-            abs(scores[name] - stored[name]) for name in ("single_trial_correlation", "correlation_to_average")
-        ]
-        if stored["feve"] is not None:
-            diffs.append(abs(scores["feve"] - stored["feve"]))
-        for i, unit in enumerate(scores["unit_ids"]):
-            row = units.get(int(unit))
-            if row is None:
-                diffs.append(float("inf"))
-                continue
-            for name in ("single_trial_correlation", "correlation_to_average", "feve"):
-                diffs.append(abs(float(scores[f"unit_{name}"][i]) - row[name]))
-        difference = float(max(diffs))
+    stored, difference = stored_score_difference(full, scores)
     return {
         "key": full,
         "scores": scores,
@@ -517,6 +501,29 @@ def reproduce(key: dict, device: str | None = None) -> dict:
         "max_difference": difference,
         "provenance": _json((TrainedModel & full).fetch1("provenance")),
     }
+
+
+def stored_score_difference(key: dict, scores: dict) -> tuple[dict | None, float | None]:
+    """(the ``Score`` row at ``key``, the largest absolute difference of ``scores`` from it), or (None, None).
+
+    The means and every unit's values are compared; a unit missing from the stored row counts
+    as an infinite difference.
+    """
+    if not Score & key:
+        return None, None
+    stored = (Score & key).fetch1()
+    units = {r["unit_id"]: r for r in (Score.Unit & key).to_dicts()}
+    diffs = [abs(scores[name] - stored[name]) for name in ("single_trial_correlation", "correlation_to_average")]
+    if stored["feve"] is not None:
+        diffs.append(abs(scores["feve"] - stored["feve"]))
+    for i, unit in enumerate(scores["unit_ids"]):
+        row = units.get(int(unit))
+        if row is None:
+            diffs.append(float("inf"))
+            continue
+        for name in ("single_trial_correlation", "correlation_to_average", "feve"):
+            diffs.append(abs(float(scores[f"unit_{name}"][i]) - row[name]))
+    return stored, float(max(diffs))
 
 
 # --------------------------------------------------------------------------------------- #

@@ -51,6 +51,14 @@ class StoreCheckpoint(EpochFiles):
     def _delete(self, name: str) -> None:
         self.backend.remove(f"{self.path}/{name}")
 
+    def remove(self) -> int:
+        """Remove every checkpoint and the job's folder; return how many checkpoints there were."""
+        count = super().remove()
+        full = self.backend._full_path(self.path)
+        if self.backend.fs.exists(full):  # a file store's folder (object stores have none)
+            self.backend.fs.rm(full, recursive=True)
+        return count
+
 
 def key_hash(key: dict[str, Any]) -> str:
     """32 hex digits identifying a job's primary key (values as text, attributes sorted)."""
@@ -81,7 +89,7 @@ def for_job(table: type[dj.Table] | dj.Table, key: dict[str, Any], every: int | 
 
 
 def stale(table: type[dj.Table] | dj.Table) -> list[str]:
-    """Checkpoint folders of ``table`` whose job's row exists (left by a crash between insert and removal)."""
+    """Checkpoint folders of ``table`` whose job's row exists (a crash between the insert and the removal)."""
     backend = get_storage_backend(dj.config.get_store_spec(STORE))
     root = f"checkpoints/{table.database}/{table.table_name.strip('_')}"
     done = {folder(table, key) for key in table.keys()}
@@ -90,3 +98,12 @@ def stale(table: type[dj.Table] | dj.Table) -> list[str]:
         return []
     present = {f"{root}/{PurePosixPath(p).name}" for p in backend.fs.ls(full, detail=False)}
     return sorted(present & done)
+
+
+def remove_stale(table: type[dj.Table] | dj.Table) -> int:
+    """Remove the checkpoints of ``table``'s jobs whose rows exist; return how many folders were removed."""
+    backend = get_storage_backend(dj.config.get_store_spec(STORE))
+    paths = stale(table)
+    for path in paths:
+        StoreCheckpoint(backend, path).remove()
+    return len(paths)

@@ -11,9 +11,12 @@ sweep's own rows each time: no Optuna storage, no server). ``best(name, score=..
 trial with the best mean of any score over its datasets and seeds.
 
 A config that a sweep sampled and created (of a kind its space varies) is trained only as a
-member of that sweep: ``TrainedModel.key_source`` leaves out its other combinations
+member of a sweep: ``TrainedModel.key_source`` leaves out its other combinations
 (``restrict_to_sweeps``), so a random or Optuna search trains its trials, not the product of
 every sampled model config with every sampled trainer config, dataset and seed in the database.
+To train such a config outside sweeps too (say the best one, with the lab's usual trainer),
+``release`` it. Deleting a ``Sweep`` row releases every config it owned: their full product
+becomes pending work; delete the configs too (``sysid.ModelConfig & ...``) to drop them.
 
 **Ensembles**: an ``Ensemble`` is a set of trained models that differ only by seed;
 ``EnsembleScore`` scores it like one model, on the mean of its members' predictions.
@@ -22,6 +25,7 @@ every sampled model config with every sampled trainer config, dataset and seed i
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import datajoint as dj
@@ -233,8 +237,9 @@ def expand(name: str) -> int:
     """Sample the sweep's next trials and insert their configs and members; return how many trials were added.
 
     grid: every combination, once; random: ``n_trials`` draws, once; optuna: the next ``batch``
-    trials (up to ``n_trials``) once every earlier trial is scored on every dataset and seed,
-    told each trial's mean ``objective``; 0 while some are still waiting for their scores.
+    trials (up to ``n_trials``) once every earlier trial is scored on every dataset and seed or
+    has failed, told each trial's mean ``objective`` (a failed trial as failed); 0 while some
+    are still waiting for their scores.
     """
     from pipeline.sysid import search
 
@@ -258,9 +263,9 @@ def _optuna_next(sweep: dict[str, Any], done: int) -> list[dict[str, Any]]:
     if n <= 0:
         return []
     trials = trial_values(sweep["sweep_name"], sweep["objective"])
-    if any(t["value"] is None for t in trials):
-        return []
-    told = [(t["params"], t["value"]) for t in trials]
+    if any(t["value"] is None and not t["failed"] for t in trials):
+        return []  # a round is asked for once the last one is scored
+    told = [(t["params"], math.nan if t["failed"] else t["value"]) for t in trials]
     return search.optuna_ask(sweep["space"], told, n, sweep["search_seed"])
 
 
@@ -291,6 +296,22 @@ def _insert_trial(sweep: dict[str, Any], number: int, sample: dict[str, Any]) ->
         )
 
 
+def release(config_key: dict[str, str]) -> int:
+    """Let the configs at ``config_key`` (e.g. ``{"model_hash": ...}``) train outside sweeps; return how many.
+
+    After this, ``TrainedModel.key_source`` combines them like any config (the product with
+    every dataset, other config and seed), except with configs that sweeps still own.
+    """
+    released = 0
+    for kind, part in OWN_PARTS.items():
+        attribute = params.hash_attribute(CONFIG_TABLES[kind])
+        if attribute in config_key:
+            rows = part & {attribute: config_key[attribute]}
+            released += len(rows)
+            rows.delete_quick()
+    return released
+
+
 def members(name: str) -> list[dict[str, Any]]:
     """The ``TrainedModel`` keys the sweep's trials ask for (trained or not), by trial, dataset, seed."""
     rows = (Sweep.Member * Sweep.Trial & {"sweep_name": name}).to_dicts(order_by=("trial", "dataset_id", "seed"))
@@ -312,7 +333,8 @@ def trial_values(name: str, score: str = "correlation_to_average") -> list[dict[
     Returns
     -------
     list of dicts, by trial: ``trial``, ``params``, the config hashes, ``n_members``,
-    ``n_scored`` and ``value`` (the mean; None until every member has the score).
+    ``n_scored``, ``failed`` (a member's TrainedModel or Score job ended in an error, e.g. a
+    diverged training) and ``value`` (the mean; None until every member has the score).
     """
     if score not in SCORES:
         raise ValueError(f"score {score!r} (expected one of {list(SCORES)})")
@@ -323,6 +345,7 @@ def trial_values(name: str, score: str = "correlation_to_average") -> list[dict[
     for row in scored:
         if row[score] is not None:
             by_trial.setdefault(int(row["trial"]), []).append(float(row[score]))
+    failed = _failed_trials(name)
     sizes = {int(t): 0 for t in (Sweep.Trial & restriction).to_arrays("trial")}
     for trial in (Sweep.Member & restriction).to_arrays("trial"):
         sizes[int(trial)] += 1
@@ -337,10 +360,23 @@ def trial_values(name: str, score: str = "correlation_to_average") -> list[dict[
                 **{params.hash_attribute(t): row[params.hash_attribute(t)] for t in CONFIG_TABLES.values()},
                 "n_members": n,
                 "n_scored": len(values),
+                "failed": int(row["trial"]) in failed,
                 "value": float(np.mean(values)) if values and len(values) == n else None,
             }
         )
     return out
+
+
+def _failed_trials(name: str) -> set[int]:
+    """Trials of which a member's TrainedModel or Score job is recorded as an error."""
+    keys = Sweep.Member * Sweep.Trial & {"sweep_name": name}
+    names = sysid.TrainedModel.primary_key
+    failed: set[int] = set()
+    for table in (sysid.TrainedModel, sysid.Score):
+        errors = [{a: row[a] for a in names} for row in table().jobs.errors.to_dicts()]
+        if errors:
+            failed.update(int(t) for t in (keys & errors).to_arrays("trial"))
+    return failed
 
 
 def best(name: str, score: str = "correlation_to_average") -> dict[str, Any]:

@@ -101,3 +101,23 @@ def _train_uninterrupted(key: dict) -> fitting.Fit:
     trainer_fn, trainer_config = params.load_config(sysid.TrainerConfig, key)
     assert trainer_fn is identity.resolve("trainer", "standard_trainer")
     return fitting.fit(dataset_fn, dataset_config, model_fn, model_config, trainer_fn, trainer_config, seed)
+
+
+def test_a_checkpoint_left_beside_a_trained_model_is_stale_and_removed(db, tmp_path):
+    if not sysid.Dataset & {"dataset_id": "stale_tiny"}:
+        sysid.import_filetree(tiny_filetree(tmp_path / "tiny", seed=2), "stale_tiny")
+    sysid.Seed.insert1({"seed": 0}, skip_duplicates=True)
+    key = {
+        "dataset_id": "stale_tiny",
+        **params.insert_config(sysid.DatasetConfig, "filetree", TINY_DATA),
+        **params.insert_config(sysid.ModelConfig, "linear_nonlinear", {}),
+        **params.insert_config(sysid.TrainerConfig, "standard_trainer", {"max_epochs": 1}),
+        "seed": 0,
+    }
+    sysid.TrainedModel.populate(key)
+    checkpoint = checkpoints.for_job(sysid.TrainedModel, key)
+    assert checkpoint.epochs() == []  # removed by the insert
+    checkpoint.save(1, {"left": "by a crash between the insert and the removal"})
+    assert checkpoints.stale(sysid.TrainedModel) == [checkpoints.folder(sysid.TrainedModel, key)]
+    assert checkpoints.remove_stale(sysid.TrainedModel) == 1
+    assert checkpoints.stale(sysid.TrainedModel) == [] and checkpoint.epochs() == []

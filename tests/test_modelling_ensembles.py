@@ -32,11 +32,13 @@ def config(db, folder) -> dict:
     config = {
         "dataset_id": "ensemble_tiny",
         **params.insert_config(sysid.DatasetConfig, "filetree", TINY_DATA),
-        **params.insert_config(sysid.ModelConfig, "cnn_factorized", TINY_MODEL),
+        # a model config no sweep of the session samples: sweeps own theirs (modelling.restrict_to_sweeps)
+        **params.insert_config(sysid.ModelConfig, "cnn_factorized", {**TINY_MODEL, "hidden_channels": 4}),
         **params.insert_config(sysid.TrainerConfig, "standard_trainer", {"max_epochs": 2}),
     }
     keys = [{**config, "seed": seed} for seed in (0, 1)]
     sysid.Seed.insert(({"seed": seed} for seed in (0, 1, 5)), skip_duplicates=True)
+    assert len(sysid.TrainedModel.key_source & keys) == 2
     assert sysid.TrainedModel.populate(keys, suppress_errors=True)["error_list"] == []
     assert sysid.Score.populate(keys, suppress_errors=True)["error_list"] == []
     return config

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.sysid import search
-from schemas import modelling, sysid, workers
+from schemas import modelling, params, sysid, workers
 from tests.modelling_helpers import TINY_DATA, TINY_MODEL, fresh_prefix, tiny_filetree
 
 torch.set_num_threads(1)
@@ -82,6 +82,23 @@ def test_random_sweep_trains_its_trials_not_the_cross_product_of_its_configs(dat
     assert len(modelling.Sweep.OwnDatasetConfig & {"sweep_name": "random_rows"}) == 0
 
 
+def test_a_released_config_trains_with_the_labs_other_configs_again(dataset):
+    modelling.add_sweep(
+        "released", strategy="random", n_trials=2, search_seed=1, datasets=[dataset], seeds=[0],
+        model_builder="cnn_factorized", base={"dataset": TINY_DATA, "model": TINY_MODEL},
+        space={"model.gamma_readout": {"low": 1e-5, "high": 1e-3, "log": True}},
+    )
+    modelling.expand("released")
+    chosen = {"model_hash": modelling.trial_values("released")[0]["model_hash"]}
+    lab = {"dataset_id": dataset, **chosen, **params.insert_config(sysid.TrainerConfig, "standard_trainer",
+                                                                   {"max_epochs": 3, "patience": 4})}
+    assert len(sysid.TrainedModel.key_source & lab) == 0  # owned by the sweep
+    assert modelling.release(chosen) == 1
+    # now the product: every dataset config and seed in the database, with the lab's trainer
+    assert len(sysid.TrainedModel.key_source & lab) == len(sysid.DatasetConfig()) * len(sysid.Seed())
+    assert len(sysid.TrainedModel.key_source & lab) > 0
+
+
 def _key(key: dict) -> tuple:
     return tuple(sorted(key.items()))
 
@@ -138,6 +155,23 @@ def test_optuna_sweep_asks_in_rounds_told_the_stored_scores(dataset):
     assert modelling.expand("bayes") == 0  # n_trials reached
     values = [t["value"] for t in modelling.trial_values("bayes")]
     assert modelling.best("bayes")["value"] == max(values)
+
+
+def test_optuna_sweep_goes_on_past_a_trial_whose_training_diverged(dataset):
+    modelling.add_sweep(
+        "diverging", strategy="optuna", n_trials=2, batch=1, datasets=[dataset], seeds=[0],
+        model_builder="cnn_factorized", base={"dataset": TINY_DATA, "model": TINY_MODEL, "trainer": {"max_epochs": 1}},
+        space={"trainer.lr": [1e20]},
+    )
+    assert modelling.expand("diverging") == 1
+    keys = modelling.members("diverging")
+    result = sysid.TrainedModel.populate(keys, reserve_jobs=True, suppress_errors=True)
+    assert result["success_count"] == 0 and len(result["error_list"]) == 1
+    (trial,) = modelling.trial_values("diverging")
+    assert (trial["failed"], trial["value"], trial["n_scored"]) == (True, None, 0)
+    assert modelling.expand("diverging") == 1  # told as failed, not waited for
+    with pytest.raises(LookupError, match=r"no trial has correlation_to_average on all its members yet"):
+        modelling.best("diverging")
 
 
 def _train_and_score(keys: list[dict]) -> None:

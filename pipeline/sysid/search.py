@@ -179,7 +179,8 @@ def optuna_ask(
         The search space (see the module docstring).
     told
         ``(sample, value)`` of every earlier trial, in order; value None for a trial still
-        being computed (Optuna then avoids its neighbourhood: constant liar).
+        being computed (Optuna then avoids its neighbourhood: constant liar), NaN for one
+        that failed (e.g. its training diverged).
     n
         How many samples to ask for.
     seed
@@ -198,8 +199,13 @@ def optuna_ask(
     sampler = optuna.samplers.TPESampler(seed=int(seed) + len(told), constant_liar=True)
     study = optuna.create_study(direction=direction, sampler=sampler)  # in memory: no server, no files
     for sample, value in told:
-        state = TrialState.RUNNING if value is None else TrialState.COMPLETE
-        study.add_trial(create_trial(params=sample, distributions=dists, value=value, state=state))
+        if value is None:
+            trial = create_trial(params=sample, distributions=dists, state=TrialState.RUNNING)
+        elif math.isnan(value):
+            trial = create_trial(params=sample, distributions=dists, state=TrialState.FAIL)
+        else:
+            trial = create_trial(params=sample, distributions=dists, value=value)
+        study.add_trial(trial)
     asked = []
     for _ in range(n):
         trial = study.ask(dists)

@@ -38,8 +38,10 @@ setup(
             "ipykernel>=6.25,<8",
             "matplotlib>=3.7,<4",
             "submitit>=1.5,<2",  # the SLURM launch path is tested through submitit's local executor
+            "optuna>=4,<6",  # Optuna sweeps are tested
         ],
         "slurm": ["submitit>=1.5,<2"],
+        "sweeps": ["optuna>=4,<6"],  # Bayesian (TPE) sweeps; grid and random sweeps need nothing more
     },
     entry_points={"console_scripts": ["pipeline=schemas.cli:main"]},
 )

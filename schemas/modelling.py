@@ -205,6 +205,10 @@ def _check_space(name: str, space: dict, builders: dict[str, str], base: dict, s
                     f"expected one of {sorted(taken)})"
                 )
         params.make_config(table, builder, base[kind])  # a bad base config is an error now
+    for d in dimensions:  # every listed value and both ends of every range must suit the builder
+        kind, _, key = d.name.partition(".")
+        for value in d.choices if d.choices is not None else (d.low, d.high):
+            params.make_config(CONFIG_TABLES[kind], builders[kind], {**base[kind], key: value})
     if strategy == "grid":
         search.grid(space)
     elif strategy == "optuna":

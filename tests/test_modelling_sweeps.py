@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import identity
 from pipeline.sysid import search
 from schemas import modelling, params, sysid, workers
 from tests.modelling_helpers import TINY_DATA, TINY_MODEL, fresh_prefix, tiny_filetree
@@ -118,6 +119,13 @@ def test_a_space_key_the_builder_does_not_take_is_an_error_at_declaration(datase
                                          r"'model.channels'; expected one of \["):
         _grid("bad_key", dataset, space={"model.channels": [2, 4]})
     assert not modelling.Sweep & {"sweep_name": "bad_key"}
+
+
+def test_a_space_value_of_the_wrong_type_is_an_error_at_declaration(dataset):
+    with pytest.raises(identity.ConfigError, match=r"cnn_factorized'.hidden_channels = 2.5 has type float "
+                                                    r"\(expected int\)"):
+        _grid("bad_value", dataset, space={"model.hidden_channels": [2, 2.5]})
+    assert not modelling.Sweep & {"sweep_name": "bad_value"}
 
 
 def test_a_grid_over_a_range_is_an_error_at_declaration(dataset):

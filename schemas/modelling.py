@@ -179,10 +179,20 @@ def add_sweep(
     sysid.Seed.insert([{"seed": int(s)} for s in seeds], skip_duplicates=True)
     Sweep.insert1(
         dict(
-            sweep_name=name, strategy=strategy, datasets=list(datasets), seeds=[int(s) for s in seeds],
-            dataset_builder=dataset_builder, model_builder=model_builder, trainer_builder=trainer_builder,
-            base=base, space=space, n_trials=n_trials, batch=batch, objective=objective,
-            search_seed=int(search_seed), note=note,
+            sweep_name=name,
+            strategy=strategy,
+            datasets=list(datasets),
+            seeds=[int(s) for s in seeds],
+            dataset_builder=dataset_builder,
+            model_builder=model_builder,
+            trainer_builder=trainer_builder,
+            base=base,
+            space=space,
+            n_trials=n_trials,
+            batch=batch,
+            objective=objective,
+            search_seed=int(search_seed),
+            note=note,
         )
     )
     return {"sweep_name": name}
@@ -574,8 +584,13 @@ def retrain(key: dict[str, Any], device: str | None = None) -> dict[str, Any]:
         raise LookupError(f"retrain: {error}") from None
     trainer_fn, trainer_config = params.load_config(sysid.TrainerConfig, full)
     fit = fitting.fit(
-        identity.resolve("dataset", names[0]), dataset_config, identity.resolve("model", names[1]), model_config,
-        trainer_fn, trainer_config, seed,
+        identity.resolve("dataset", names[0]),
+        dataset_config,
+        identity.resolve("model", names[1]),
+        model_config,
+        trainer_fn,
+        trainer_config,
+        seed,
     )
     weights = fitting.state_dict_bytes(fit.state_dict)
     scores = sysid._score(full, names, dataset_config, model_config, seed, weights, device=device)

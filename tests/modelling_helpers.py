@@ -29,7 +29,12 @@ def tiny_filetree(path: Path, seed: int = 0, n_units: int = 6, size: int = 10) -
     stack = np.stack([images[int(i)].ravel() for i in image_ids])
     responses = rng.poisson(np.maximum(stack @ filters.T, 0) + 0.3).astype(np.float32)
     tree = data.trials_filetree(
-        images, responses, image_ids, np.arange(len(image_ids)), np.arange(1, n_units + 1), seed=seed,
+        images,
+        responses,
+        image_ids,
+        np.arange(len(image_ids)),
+        np.arange(1, n_units + 1),
+        seed=seed,
         behavior=rng.standard_normal((len(image_ids), 3)).astype(np.float32),
         pupil_center=rng.standard_normal((len(image_ids), 2)).astype(np.float32),
     )

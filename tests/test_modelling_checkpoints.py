@@ -19,8 +19,18 @@ from tests.modelling_helpers import TINY_DATA, TINY_MODEL, fresh_prefix, tiny_fi
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--poll", "0.2", "--heartbeat", "0.3", "--heartbeat-timeout", "2", "--controller-interval", "0.5",
-        "--refresh-interval", "0.5"]
+FAST = [
+    "--poll",
+    "0.2",
+    "--heartbeat",
+    "0.3",
+    "--heartbeat-timeout",
+    "2",
+    "--controller-interval",
+    "0.5",
+    "--refresh-interval",
+    "0.5",
+]
 EPOCHS = 40
 
 
@@ -46,7 +56,10 @@ def model_key(own_prefix, tmp_path) -> dict:
 def _worker(env: dict, log: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "schemas.cli", "worker", *FAST, "--tables", "TrainedModel", *args],
-        env=env, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
     )
 
 

@@ -96,8 +96,18 @@ def test_retraining_a_key_that_matches_no_model_is_an_error(config):
 
 
 def test_retrain_command_reports_the_match(db, config):
-    command = [sys.executable, "-m", "schemas.cli", "retrain", "dataset_id=ensemble_tiny", "seed=0",
-               f"model_hash={config['model_hash']}", f"trainer_hash={config['trainer_hash']}", "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "schemas.cli",
+        "retrain",
+        "dataset_id=ensemble_tiny",
+        "seed=0",
+        f"model_hash={config['model_hash']}",
+        f"trainer_hash={config['trainer_hash']}",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, **db.env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

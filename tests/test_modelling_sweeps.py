@@ -18,8 +18,18 @@ from tests.modelling_helpers import TINY_DATA, TINY_MODEL, fresh_prefix, tiny_fi
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--poll", "0.2", "--heartbeat", "0.3", "--heartbeat-timeout", "5", "--controller-interval", "0.5",
-        "--refresh-interval", "0.5"]
+FAST = [
+    "--poll",
+    "0.2",
+    "--heartbeat",
+    "0.3",
+    "--heartbeat-timeout",
+    "5",
+    "--controller-interval",
+    "0.5",
+    "--refresh-interval",
+    "0.5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +52,10 @@ def own_prefix(db):
 
 def _grid(name: str, dataset: str, **changes) -> dict:
     declared = dict(
-        strategy="grid", datasets=[dataset], seeds=[0, 1], model_builder="cnn_factorized",
+        strategy="grid",
+        datasets=[dataset],
+        seeds=[0, 1],
+        model_builder="cnn_factorized",
         base={"dataset": TINY_DATA, "model": TINY_MODEL, "trainer": {"max_epochs": 1}},
         space={"model.hidden_channels": [2, 3], "model.gamma_input": [0.5, 1.0], "trainer.lr": [3e-3, 1e-2]},
     )
@@ -67,10 +80,18 @@ def test_grid_sweep_has_a_trial_per_combination_and_a_member_per_dataset_and_see
 
 def test_random_sweep_trains_its_trials_not_the_cross_product_of_its_configs(dataset):
     modelling.add_sweep(
-        "random_rows", strategy="random", n_trials=3, search_seed=7, datasets=[dataset], seeds=[0, 1],
-        model_builder="cnn_factorized", base={"dataset": TINY_DATA, "model": TINY_MODEL},
-        space={"model.gamma_readout": {"low": 1e-5, "high": 1e-3, "log": True},
-               "trainer.lr": {"low": 1e-3, "high": 1e-2}},
+        "random_rows",
+        strategy="random",
+        n_trials=3,
+        search_seed=7,
+        datasets=[dataset],
+        seeds=[0, 1],
+        model_builder="cnn_factorized",
+        base={"dataset": TINY_DATA, "model": TINY_MODEL},
+        space={
+            "model.gamma_readout": {"low": 1e-5, "high": 1e-3, "log": True},
+            "trainer.lr": {"low": 1e-3, "high": 1e-2},
+        },
     )
     assert modelling.expand("random_rows") == 3
     owned = (modelling.Sweep.OwnModelConfig & {"sweep_name": "random_rows"}).proj()
@@ -85,14 +106,23 @@ def test_random_sweep_trains_its_trials_not_the_cross_product_of_its_configs(dat
 
 def test_a_released_config_trains_with_the_labs_other_configs_again(dataset):
     modelling.add_sweep(
-        "released", strategy="random", n_trials=2, search_seed=1, datasets=[dataset], seeds=[0],
-        model_builder="cnn_factorized", base={"dataset": TINY_DATA, "model": TINY_MODEL},
+        "released",
+        strategy="random",
+        n_trials=2,
+        search_seed=1,
+        datasets=[dataset],
+        seeds=[0],
+        model_builder="cnn_factorized",
+        base={"dataset": TINY_DATA, "model": TINY_MODEL},
         space={"model.gamma_readout": {"low": 1e-5, "high": 1e-3, "log": True}},
     )
     modelling.expand("released")
     chosen = {"model_hash": modelling.trial_values("released")[0]["model_hash"]}
-    lab = {"dataset_id": dataset, **chosen, **params.insert_config(sysid.TrainerConfig, "standard_trainer",
-                                                                   {"max_epochs": 3, "patience": 4})}
+    lab = {
+        "dataset_id": dataset,
+        **chosen,
+        **params.insert_config(sysid.TrainerConfig, "standard_trainer", {"max_epochs": 3, "patience": 4}),
+    }
     assert len(sysid.TrainedModel.key_source & lab) == 0  # owned by the sweep
     assert modelling.release(chosen) == 1
     # now the product: every dataset config and seed in the database, with the lab's trainer
@@ -105,8 +135,11 @@ def _key(key: dict) -> tuple:
 
 
 def test_random_samples_are_drawn_again_the_same_from_their_seed():
-    space = {"model.hidden_channels": [2, 4, 8], "trainer.lr": {"low": 1e-3, "high": 1e-1, "log": True},
-             "trainer.patience": {"low": 2, "high": 6}}
+    space = {
+        "model.hidden_channels": [2, 4, 8],
+        "trainer.lr": {"low": 1e-3, "high": 1e-1, "log": True},
+        "trainer.patience": {"low": 2, "high": 6},
+    }
     first = search.random_samples(space, 20, seed=3)
     assert first == search.random_samples(space, 20, seed=3)
     assert {s["model.hidden_channels"] for s in first} == {2, 4, 8}
@@ -115,15 +148,21 @@ def test_random_samples_are_drawn_again_the_same_from_their_seed():
 
 
 def test_a_space_key_the_builder_does_not_take_is_an_error_at_declaration(dataset):
-    with pytest.raises(ValueError, match=r"model builder 'cnn_factorized' does not take 'channels' \(space key "
-                                         r"'model.channels'; expected one of \["):
+    with pytest.raises(
+        ValueError,
+        match=r"model builder 'cnn_factorized' does not take 'channels' \(space key "
+        r"'model.channels'; expected one of \[",
+    ):
         _grid("bad_key", dataset, space={"model.channels": [2, 4]})
     assert not modelling.Sweep & {"sweep_name": "bad_key"}
 
 
 def test_a_space_value_of_the_wrong_type_is_an_error_at_declaration(dataset):
-    with pytest.raises(identity.ConfigError, match=r"cnn_factorized'.hidden_channels = 2.5 has type float "
-                                                    r"\(expected int\)"):
+    with pytest.raises(
+        identity.ConfigError,
+        match=r"cnn_factorized'.hidden_channels = 2.5 has type float "
+        r"\(expected int\)",
+    ):
         _grid("bad_value", dataset, space={"model.hidden_channels": [2, 2.5]})
     assert not modelling.Sweep & {"sweep_name": "bad_value"}
 
@@ -147,9 +186,17 @@ def test_best_of_a_sweep_not_yet_scored_says_how_much_is_scored(dataset):
 def test_optuna_sweep_asks_in_rounds_told_the_stored_scores(dataset):
     space = {"model.hidden_channels": [2, 3], "trainer.lr": {"low": 1e-3, "high": 3e-2, "log": True}}
     modelling.add_sweep(
-        "bayes", strategy="optuna", n_trials=4, batch=2, search_seed=11, datasets=[dataset], seeds=[0],
-        model_builder="cnn_factorized", base={"dataset": TINY_DATA, "model": TINY_MODEL, "trainer": {"max_epochs": 1}},
-        space=space, objective="correlation_to_average",
+        "bayes",
+        strategy="optuna",
+        n_trials=4,
+        batch=2,
+        search_seed=11,
+        datasets=[dataset],
+        seeds=[0],
+        model_builder="cnn_factorized",
+        base={"dataset": TINY_DATA, "model": TINY_MODEL, "trainer": {"max_epochs": 1}},
+        space=space,
+        objective="correlation_to_average",
     )
     assert modelling.expand("bayes") == 2
     assert modelling.expand("bayes") == 0  # round 1 is not scored yet
@@ -167,8 +214,14 @@ def test_optuna_sweep_asks_in_rounds_told_the_stored_scores(dataset):
 
 def test_optuna_sweep_goes_on_past_a_trial_whose_training_diverged(dataset):
     modelling.add_sweep(
-        "diverging", strategy="optuna", n_trials=2, batch=1, datasets=[dataset], seeds=[0],
-        model_builder="cnn_factorized", base={"dataset": TINY_DATA, "model": TINY_MODEL, "trainer": {"max_epochs": 1}},
+        "diverging",
+        strategy="optuna",
+        n_trials=2,
+        batch=1,
+        datasets=[dataset],
+        seeds=[0],
+        model_builder="cnn_factorized",
+        base={"dataset": TINY_DATA, "model": TINY_MODEL, "trainer": {"max_epochs": 1}},
         space={"trainer.lr": [1e20]},
     )
     assert modelling.expand("diverging") == 1
@@ -195,8 +248,23 @@ def test_sweep_of_8_configs_and_2_seeds_is_trained_by_two_workers_and_the_best_i
     env = {**os.environ, **own_prefix.env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     logs = [open(tmp_path / f"worker{i}.out", "w") for i in range(2)]
     procs = [
-        subprocess.Popen([sys.executable, "-m", "schemas.cli", "worker", "--exit-when-idle", *FAST,
-                          "--tables", "TrainedModel", "Score"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "schemas.cli",
+                "worker",
+                "--exit-when-idle",
+                *FAST,
+                "--tables",
+                "TrainedModel",
+                "Score",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         for log in logs
     ]
     try:

@@ -44,7 +44,9 @@ def _loaders(failing: bool = False) -> dict:
     if failing:
         train = loaders["train"]["d0"]
         loaders["train"]["d0"] = DataLoader(
-            FailingTrials(train.dataset, reads=10**9), batch_size=16, shuffle=True,
+            FailingTrials(train.dataset, reads=10**9),
+            batch_size=16,
+            shuffle=True,
             generator=torch.Generator().manual_seed(3),
         )
     return loaders

@@ -43,10 +43,12 @@ setup(
             # a remote raw store is tested against a real S3 server on localhost (moto's server)
             "moto[server]>=5.1,<6",
             "s3fs>=2024.6,<2027",
+            "optuna>=4,<6",  # Optuna sweeps are tested
         ],
         # stores on S3/MinIO (DataJoint reaches them through fsspec's s3fs)
         "s3": ["s3fs>=2024.6,<2027"],
         "slurm": ["submitit>=1.5,<2"],
+        "sweeps": ["optuna>=4,<6"],  # Bayesian (TPE) sweeps; grid and random sweeps need nothing more
     },
     entry_points={"console_scripts": ["pipeline=schemas.cli:main"]},
 )

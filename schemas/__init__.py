@@ -40,7 +40,7 @@ class _JobsTableTypeNotice(logging.Filter):
 logging.getLogger("datajoint").addFilter(_JobsTableTypeNotice())
 
 # in dependency order: a stage only references tables of the stages before it
-STAGES = ("imaging", "spikes", "sysid", "twins", "vision", "workers")
+STAGES = ("imaging", "spikes", "sysid", "modelling", "twins", "vision", "workers")
 # stages declared only on request, after the core ones
 OPTIONAL_STAGES = ("behavior",)
 DEFAULT_PREFIX = "v1_"

@@ -1,7 +1,7 @@
 """The ``pipeline`` command: the one owner of the command line (nothing imports this module).
 
 Subcommands: ``db``, ``demo``, ``worker``, ``controller``, ``launch``, ``status``, ``jobs``,
-``reproduce``, ``report``, ``gc``. Each parses its arguments here and calls a function of a stage or of
+``reproduce``, ``retrain``, ``report``, ``gc``. Each parses its arguments here and calls a function of a stage or of
 ``schemas.workers``. Restrictions on the command line are ``attr=value`` pairs, checked against
 the table they restrict and typed by its heading (``schemas.restrictions``), handed to
 DataJoint as dicts, never pasted into SQL. Errors the user can fix are one line on stderr with
@@ -278,6 +278,43 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- retrain -------------------------------------------------------------------------------------
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    import schemas
+
+    from . import modelling, sysid
+    from .restrictions import typed_restriction
+
+    schemas.activate(args.prefix)
+    restriction = typed_restriction(sysid.TrainedModel, args.key)
+    keys = (sysid.TrainedModel & restriction).keys()
+    if not keys:
+        print(f"pipeline retrain: no trained model matches {restriction}")
+        return 1
+    failed = 0
+    for key in keys:
+        result = modelling.retrain(key, device=args.device)
+        scores, stored = result["scores"], result["stored"]
+        print(" ".join(f"{k}={v}" for k, v in key.items()))
+        print(f"  {'weights: max difference':<26}{result['max_weight_difference']:>12.3g}")
+        print(f"  {'score':<26}{'retrained':>12}{'stored':>12}")
+        print(f"  {'validation (trainer)':<26}{result['score']:>12.6f}{result['stored_score']:>12.6f}")
+        for name in ("single_trial_correlation", "correlation_to_average", "feve"):
+            old = "" if stored is None or stored[name] is None else f"{stored[name]:.6f}"
+            print(f"  {name:<26}{scores[name]:>12.6f}{old:>12}")
+        differences = [result["max_weight_difference"], abs(result["score"] - result["stored_score"])]
+        if result["max_score_difference"] is not None:
+            differences.append(result["max_score_difference"])
+        if max(differences) > args.tolerance:
+            print(f"  DIFFERS: max difference {max(differences):.3g} > {args.tolerance:g}")
+            failed += 1
+        else:
+            print(f"  retrained: max difference {max(differences):.3g} <= {args.tolerance:g}")
+    return 1 if failed else 0
+
+
 # -- the parser ----------------------------------------------------------------------------------
 
 
@@ -442,6 +479,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--kind", choices=["scan", "model"], help="default: model when KEY names model attributes")
     report.add_argument("--device", default="cpu", help="device for a model's predictions (default cpu)")
     report.set_defaults(func=_report)
+
+
+    retrain = sub.add_parser(
+        "retrain", help="train models again from scratch and compare weights and scores with the stored ones",
+        description="Train every TrainedModel matching KEY (attr=value pairs) again from its builders, configs and "
+        "seed, score it, and compare its weights, validation score and test scores with the stored ones. Exit "
+        "code 1 if any differs by more than --tolerance (expect exact equality on the machine and device it was "
+        "trained on).",
+    )
+    retrain.add_argument("key", nargs="+", metavar="KEY", help="attr=value restriction(s) of TrainedModel")
+    retrain.add_argument("--device", default=None, help="where to score: cpu or cuda (default: cuda when available)")
+    retrain.add_argument("--tolerance", type=float, default=REPRODUCE_TOLERANCE,
+                         help="allowed difference of weights and scores")
+    retrain.set_defaults(func=_retrain)
     return parser
 
 

@@ -287,6 +287,13 @@ class TrainedModel(dj.Computed):
     provenance  : json            # packages, git commit, torch / CUDA, host, GPU, wall time, seed
     """
 
+    @property
+    def key_source(self):
+        # configs that a sweep sampled are trained only as the sweep's members (schemas.modelling)
+        from . import modelling
+
+        return modelling.restrict_to_sweeps(super().key_source)
+
     def make_fetch(self, key):
         dataset_fn, dataset_config, model_fn, model_config, seed = _builders(key)
         trainer_fn, trainer_config = params.load_config(TrainerConfig, key)
@@ -302,6 +309,8 @@ class TrainedModel(dj.Computed):
         from pipeline import identity
         from pipeline.sysid import fitting
 
+        from . import checkpoints
+
         fit = fitting.fit(
             identity.resolve("dataset", names[0]),
             dataset_config,
@@ -310,6 +319,7 @@ class TrainedModel(dj.Computed):
             identity.resolve("trainer", names[2]),
             trainer_config,
             seed,
+            checkpoint=checkpoints.for_job(self, key),  # resume after preemption (schemas.checkpoints)
         )
         return fit.score, fit.output, fitting.state_dict_bytes(fit.state_dict), fit.provenance
 
@@ -317,6 +327,9 @@ class TrainedModel(dj.Computed):
         self.insert1(
             {**key, "score": score, "output": output, "weights": (".pt", weights), "provenance": provenance}
         )
+        from . import checkpoints
+
+        checkpoints.for_job(self, key).remove()  # the result is stored: nothing to resume any more
 
     def delete(self, *args, **kwargs):
         """Delete rows (and their scores) and their stored weights."""
@@ -461,23 +474,7 @@ def reproduce(key: dict, device: str | None = None) -> dict:
     except LookupError as error:
         raise LookupError(f"reproduce: {error}") from None
     scores = _score(full, names, dataset_config, model_config, seed, weights, device=device)
-    stored, difference = None, None
-    if Score & full:
-        stored = (Score & full).fetch1()
-        units = {r["unit_id"]: r for r in (Score.Unit & full).to_dicts()}
-        diffs = [
-            abs(scores[name] - stored[name]) for name in ("single_trial_correlation", "correlation_to_average")
-        ]
-        if stored["feve"] is not None:
-            diffs.append(abs(scores["feve"] - stored["feve"]))
-        for i, unit in enumerate(scores["unit_ids"]):
-            row = units.get(int(unit))
-            if row is None:
-                diffs.append(float("inf"))
-                continue
-            for name in ("single_trial_correlation", "correlation_to_average", "feve"):
-                diffs.append(abs(float(scores[f"unit_{name}"][i]) - row[name]))
-        difference = float(max(diffs))
+    stored, difference = stored_score_difference(full, scores)
     return {
         "key": full,
         "scores": scores,
@@ -485,6 +482,29 @@ def reproduce(key: dict, device: str | None = None) -> dict:
         "max_difference": difference,
         "provenance": values.json_value((TrainedModel & full).fetch1("provenance")),
     }
+
+
+def stored_score_difference(key: dict, scores: dict) -> tuple[dict | None, float | None]:
+    """(the ``Score`` row at ``key``, the largest absolute difference of ``scores`` from it), or (None, None).
+
+    The means and every unit's values are compared; a unit missing from the stored row counts
+    as an infinite difference.
+    """
+    if not Score & key:
+        return None, None
+    stored = (Score & key).fetch1()
+    units = {r["unit_id"]: r for r in (Score.Unit & key).to_dicts()}
+    diffs = [abs(scores[name] - stored[name]) for name in ("single_trial_correlation", "correlation_to_average")]
+    if stored["feve"] is not None:
+        diffs.append(abs(scores["feve"] - stored["feve"]))
+    for i, unit in enumerate(scores["unit_ids"]):
+        row = units.get(int(unit))
+        if row is None:
+            diffs.append(float("inf"))
+            continue
+        for name in ("single_trial_correlation", "correlation_to_average", "feve"):
+            diffs.append(abs(float(scores[f"unit_{name}"][i]) - row[name]))
+    return stored, float(max(diffs))
 
 
 # --------------------------------------------------------------------------------------- #

@@ -73,15 +73,22 @@ def fit(
     trainer_fn: Callable,
     trainer_config: dict,
     seed: int,
+    checkpoint: Any = None,
 ) -> Fit:
     """Build data and model, train, and return the result with its provenance.
 
     The trainer picks the device (CUDA when there is one); the weights come back on the CPU.
-    A trainer's ``TrainingDiverged`` (NaN loss) propagates unchanged.
+    A trainer's ``TrainingDiverged`` (NaN loss) propagates unchanged. ``checkpoint`` (a
+    ``pipeline.sysid.checkpoints.EpochFiles``) is handed to a trainer that takes one, so that
+    it saves its state as it goes and resumes from the latest checkpoint; a trainer without a
+    ``checkpoint`` parameter trains from scratch.
     """
     started = time.perf_counter()
     model, dataloaders = build(dataset_fn, dataset_config, model_fn, model_config, seed)
-    extra = {"progress": False} if "progress" in _parameters(trainer_fn) else {}
+    taken = _parameters(trainer_fn)
+    extra = {"progress": False} if "progress" in taken else {}
+    if checkpoint is not None and "checkpoint" in taken:
+        extra["checkpoint"] = checkpoint
     result = trainer_fn(model, dataloaders, int(seed), **extra, **trainer_config)
     state = {k: v.detach().to("cpu").clone() for k, v in result.state_dict.items()}
     if not np.isfinite(result.score):

@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.device import choose_device
-
 from pipeline import identity
-from pipeline.sysid import metrics
+from pipeline.device import choose_device
+from pipeline.sysid import checkpoints, metrics
 
 
 class TrainingDiverged(RuntimeError):
@@ -146,6 +145,7 @@ def standard_trainer(
     dataloaders: dict,
     seed: int,
     progress: bool = True,
+    checkpoint: checkpoints.EpochFiles | None = None,
     *,
     max_epochs: int = 100,
     lr: float = 5e-3,
@@ -172,12 +172,16 @@ def standard_trainer(
         the CPU and is moved to the device one batch at a time.
     seed : seeds Python, numpy and torch (``set_seed``) before the first batch.
     progress : a tqdm bar per epoch (not part of the config: it changes no result).
+    checkpoint : where to save the training state every ``checkpoint.every`` epochs and to
+        resume from (``pipeline.sysid.checkpoints``); not part of the config: a resumed run
+        ends with the same weights, score and history as one never stopped.
 
     Returns
     -------
     TrainingResult with the best validation correlation as ``score``, the CPU state dict of
     the best weights and ``output`` = {"history": [...per epoch...], "epochs", "best_epoch",
-    "seconds_per_epoch", "images_per_second", "device"}.
+    "seconds_per_epoch", "images_per_second", "device", "resumed_from" (the epochs after which
+    training was resumed from a checkpoint)}.
 
     Raises
     ------
@@ -211,8 +215,22 @@ def standard_trainer(
     history: list[dict[str, Any]] = []
     first_loss: dict[str, float] = {}
     waited, decays, train_seconds, train_images = 0, 0, 0.0, 0
-    epoch = 0
-    for epoch in range(1, max_epochs + 1):
+    epoch, first, resumed_from = 0, 1, []
+    resumed = checkpoints.resume(checkpoint, model, optimizer, dataloaders)
+    if resumed is not None:
+        epoch, state = resumed
+        first, resumed_from = epoch + 1, [*state["resumed_from"], epoch]
+        best_score, best_state, best_epoch = state["best_score"], state["best_state"], state["best_epoch"]
+        history, waited, decays = state["history"], state["waited"], state["decays"]
+        train_seconds, train_images = state["train_seconds"], state["train_images"]
+    for epoch in range(first, max_epochs + 1):
+        if checkpoint is not None and epoch > first and checkpoint.due(epoch - 1):
+            progress_state = dict(
+                best_score=best_score, best_state=checkpoints.cpu_state(best_state), best_epoch=best_epoch,
+                history=history, waited=waited, decays=decays, train_seconds=train_seconds,
+                train_images=train_images, resumed_from=resumed_from,
+            )
+            checkpoint.save(epoch - 1, checkpoints.trainer_state(model, optimizer, dataloaders, progress_state))
         model.train()
         started = time.perf_counter()
         total_loss, images = 0.0, 0
@@ -239,6 +257,7 @@ def standard_trainer(
                 "validation_correlation": score,
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": seconds,
+                "finished_at": time.time(),
             }
         )
         if score > best_score + tolerance:
@@ -264,6 +283,7 @@ def standard_trainer(
             "images_per_second": train_images / train_seconds if train_seconds else float("nan"),
             "device": str(device),
             "warnings": notes,
+            "resumed_from": resumed_from,
         },
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     )

@@ -35,11 +35,16 @@ class _JobsTableTypeNotice(logging.Filter):
 
 logging.getLogger("datajoint").addFilter(_JobsTableTypeNotice())
 
-# in dependency order: a stage only references tables of the stages before it
-STAGES = ("imaging", "spikes", "sysid", "workers")
+# in dependency order: a stage only references tables of the stages before it; "lab" is the
+# linking module (``lab_module``) whose Session the scans hang under
+STAGES = ("lab", "imaging", "spikes", "sysid", "workers")
 DEFAULT_PREFIX = "v1_"
+DEFAULT_LAB_MODULE = "schemas.lab"
 
-_active: dict = {"prefix": None, "connection": None}
+_active: dict = {"prefix": None, "connection": None, "lab": None}
+# schema names this package activated a lab's own module under (a module the lab activated
+# itself, under a name of its choosing, is left as it is)
+_lab_schemas: set = set()
 
 # schema names are quoted by DataJoint, but a prefix is also a word users type, a folder name in
 # the stores and part of every table name: lower-case letters, digits and underscores only
@@ -52,6 +57,10 @@ class PrefixError(ValueError):
 
 class SchemasMissing(LookupError):
     """A read-only look at a prefix whose schemas do not exist on the server."""
+
+
+class LabModuleError(ValueError):
+    """A linking module that cannot be imported or has no ``Session`` keyed by (animal_id, session)."""
 
 
 def validate_prefix(prefix: str) -> str:
@@ -69,12 +78,40 @@ def default_prefix() -> str:
     return os.environ.get("PIPELINE_PREFIX", DEFAULT_PREFIX)
 
 
+def lab_module(name: str | None = None) -> ModuleType:
+    """The linking module whose ``Session`` the scans hang under (imported, not activated).
+
+    ``name``, else the one the last ``activate()`` used, else ``PIPELINE_LAB_MODULE``, else
+    ``schemas.lab``. See ``schemas.lab`` for what a lab's own module provides.
+    """
+    name = name or _active["lab"] or os.environ.get("PIPELINE_LAB_MODULE") or DEFAULT_LAB_MODULE
+    try:
+        module = importlib.import_module(name)
+    except ImportError as error:
+        raise LabModuleError(f"cannot import the lab module {name!r} ({error}; expected an importable module "
+                             "with a Session table, e.g. schemas.lab)") from None
+    session = getattr(module, "Session", None)
+    if not (isinstance(session, type) and issubclass(session, dj.Table)):
+        raise LabModuleError(f"lab module {name!r} has no Session table (expected a DataJoint table keyed by "
+                             "animal_id, session)")
+    return module
+
+
 def stage_modules() -> list[ModuleType]:
-    """The stage modules (imported, not activated)."""
-    return [importlib.import_module(f"schemas.{stage}") for stage in STAGES]
+    """The stage modules (imported, not activated), the lab module first."""
+    return [lab_module() if stage == "lab" else importlib.import_module(f"schemas.{stage}") for stage in STAGES]
 
 
-def activate(prefix: str | None = None, *, connection: dj.Connection | None = None, create: bool = True) -> str:
+def _check_session_key(module: ModuleType) -> None:
+    key = sorted(module.Session.primary_key)
+    if key != ["animal_id", "session"]:
+        raise LabModuleError(f"{module.__name__}.Session has primary key {key} (expected exactly "
+                             "['animal_id', 'session'], the first two attributes of every scan key)")
+
+
+def activate(
+    prefix: str | None = None, *, connection: dj.Connection | None = None, create: bool = True, lab: str | None = None
+) -> str:
     """Declare every stage's schema as ``<prefix><stage>`` on ``connection``; return the prefix.
 
     Parameters
@@ -86,28 +123,43 @@ def activate(prefix: str | None = None, *, connection: dj.Connection | None = No
     create
         False for a read-only look: nothing is created on the server, and ``SchemasMissing`` is
         raised when a stage's schema does not exist under ``prefix``.
+    lab
+        The linking module whose ``Session`` scans hang under (see ``lab_module``); a module
+        whose schema is not activated yet is declared as ``<prefix>lab``.
     """
     from . import database
 
     prefix = validate_prefix(default_prefix() if prefix is None else prefix)
+    lab_linked = lab_module(lab)
+    ours = lab_linked.schema.database is None or lab_linked.schema.database in _lab_schemas
+    stages = [stage for stage in STAGES if stage != "lab" or ours]
     connection = connection or database.connect()
     if not create:
         existing = set(dj.list_schemas(connection=connection))
-        missing = [prefix + stage for stage in STAGES if prefix + stage not in existing]
+        missing = [prefix + stage for stage in stages if prefix + stage not in existing]
         if missing:
-            found = sorted({name[: -len(stage)] for name in existing for stage in STAGES[:1] if name.endswith(stage)})
+            found = sorted({name[: -len(stage)] for name in existing for stage in ("imaging",) if name.endswith(stage)})
             raise SchemasMissing(
                 f"no pipeline schemas with prefix {prefix!r} on this server (missing: {', '.join(missing)}); "
                 + (f"prefixes found: {', '.join(found)}" if found else "no pipeline schemas found at all")
             )
-    for module in stage_modules():
+    _active["lab"] = lab_linked.__name__
+    for stage, module in zip(STAGES, stage_modules()):
+        if stage == "lab" and not ours:  # the lab's own schema, activated by the lab
+            _check_session_key(module)
+            continue
         schema: dj.Schema = module.schema
-        name = prefix + module.__name__.rsplit(".", 1)[1]
+        name = prefix + stage
         if schema.database == name and schema.connection is connection:
             continue
         if schema.database is not None:  # rebinding to another prefix or server
             schema.database = None
-        schema.activate(name, connection=connection, create_schema=create, create_tables=create)
+        # imaging's `-> Session` resolves to the linking module's table
+        links = {"Session": lab_linked.Session} if stage == "imaging" else None
+        schema.activate(name, connection=connection, create_schema=create, create_tables=create, add_objects=links)
+        if stage == "lab":
+            _lab_schemas.add(name)
+            _check_session_key(module)
     _active.update(prefix=prefix, connection=connection)
     if create:
         for table in auto_tables():
@@ -139,8 +191,8 @@ def auto_tables() -> list[type]:
 def table(name: str) -> type:
     """A table class by its class name (``"Denoised"``) or ``stage.Class`` name."""
     stage, _, cls_name = name.rpartition(".")
-    for module in stage_modules():
-        if stage and module.__name__.rsplit(".", 1)[1] != stage:
+    for module_stage, module in zip(STAGES, stage_modules()):
+        if stage and module_stage != stage:
             continue
         cls = getattr(module, cls_name, None)
         if isinstance(cls, type) and issubclass(cls, dj.Table):
@@ -151,8 +203,8 @@ def table(name: str) -> type:
 
 def drop_all(prefix: str, connection: dj.Connection) -> None:
     """Drop every stage's schema under ``prefix`` (tests and throwaway demos)."""
-    for module in reversed(stage_modules()):
-        name = prefix + module.__name__.rsplit(".", 1)[1]
+    for stage in reversed(STAGES):
+        name = prefix + stage
         schema = dj.Schema(name, connection=connection, create_schema=False) if _exists(name, connection) else None
         if schema is not None:
             schema.drop(prompt=False)

@@ -27,8 +27,7 @@ def describe(key: dict) -> str:
 class Scan(dj.Manual):
     definition = """
     # a raw two-photon scan: one movie file in the raw store, referenced, never copied
-    animal_id         : int32
-    session           : int16
+    -> Session                           # the lab module's (schemas.lab by default): animal_id, session
     scan_idx          : int16
     ---
     filename          : <filepath@raw>   # path of the movie file relative to the raw store
@@ -61,6 +60,16 @@ class Trial(dj.Manual):
     -> StimulusImage
     onset_frame     : int32   # first frame of the presentation (0-based)
     duration_frames : int32   # frames the image was shown
+    """
+
+
+@schema
+class TrialTier(dj.Manual):
+    definition = """
+    # the data tier a lab assigned to a trial in its own trial file (absent: assigned with a dataset)
+    -> Trial
+    ---
+    tier : varchar(16)   # train, validation, test or final_test
     """
 
 
@@ -114,6 +123,19 @@ def insert_default_params() -> dict:
     return {step: params.insert_config(tables[step], DEFAULT_BUILDERS[step], {}, note="default") for step in tables}
 
 
+def ensure_session(key: dict) -> None:
+    """Insert the session of ``key`` through the lab module's ``ensure_session``, if it has one.
+
+    A lab's own module without ``ensure_session`` needs its sessions inserted before their
+    scans; a missing one then fails at the ``Scan`` insert, naming the foreign key.
+    """
+    import schemas
+
+    insert = getattr(schemas.lab_module(), "ensure_session", None)
+    if insert is not None:
+        insert(key)
+
+
 def raw_store_location() -> Path:
     """The local folder of the ``raw`` store (where scans' files are placed before ``Scan`` rows)."""
     spec = dj.config.get_store_spec("raw")
@@ -137,6 +159,7 @@ def insert_simulated_scan(experiment, key: dict, *, image_id_offset: int = 0, no
     key = {"animal_id": int(key["animal_id"]), "session": int(key["session"]), "scan_idx": int(key["scan_idx"])}
     if Scan & key:
         return key
+    ensure_session(key)
     relative = f"simulated/{key['animal_id']}_{key['session']}_{key['scan_idx']}.tif"
     path = raw_store_location() / relative
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The ``pipeline`` command: the one owner of the command line (nothing imports this module).
 
-Subcommands: ``db``, ``demo``, ``worker``, ``controller``, ``launch``, ``status``, ``jobs``,
+Subcommands: ``db``, ``demo``, ``ingest``, ``worker``, ``controller``, ``launch``, ``status``, ``jobs``,
 ``reproduce``. Each parses its arguments here and calls a function of a stage or of
 ``schemas.workers``. Restrictions on the command line are ``attr=value`` pairs, checked against
 the table they restrict and typed by its heading (``schemas.restrictions``), handed to
@@ -64,6 +64,35 @@ def _demo(args: argparse.Namespace) -> int:
         return 2
     summary = demo.run_demo(args.prefix, size=args.size, seed=args.seed, workers=args.workers)
     return 1 if summary["errors"] else 0
+
+
+# -- ingest --------------------------------------------------------------------------------------
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import schemas
+    from pipeline.imaging.experiment_files import ExperimentFileError
+
+    from .ingest import IngestError, ingest_scan
+
+    schemas.activate(args.prefix)
+    try:
+        done = ingest_scan(
+            args.movie, args.animal_id, args.session, args.scan_idx, trials=args.trials, images=args.images,
+            behavior=args.behavior, frame_rate=args.frame_rate, channel=args.channel, field=args.field,
+            axes=args.axes, acquisition=args.acquisition, note=args.note,
+        )
+    except (IngestError, ExperimentFileError) as error:
+        print(f"pipeline ingest: {error}", file=sys.stderr)
+        return 2
+    key = done.key
+    print(f"Scan {key['animal_id']}/{key['session']}/{key['scan_idx']}: raw store file {done.filename!r}, "
+          f"{done.nframes} frames")
+    timing = f" (onsets in seconds converted with the {done.timing})" if done.timing else ""
+    print(f"  {done.trials} trial(s){timing}, {done.new_images} new stimulus image(s), "
+          f"behaviour {'yes' if done.behavior else 'no'}; default parameter sets in place")
+    print("  next: `pipeline worker --exit-when-idle` populates it; `pipeline status` shows progress")
+    return 0
 
 
 # -- workers -------------------------------------------------------------------------------------
@@ -308,6 +337,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=1,
                       help="populate through N worker processes (default: 1, in this process)")
     demo.set_defaults(func=_demo)
+
+    ingest = sub.add_parser(
+        "ingest", help="register your own scan with its stimulus trials, images and behaviour",
+        description="Copy MOVIE into the raw store (unless it is there), insert its Session, Scan, stimulus "
+        "images, trials (onsets in seconds converted with the file's frame timing) and behaviour, and the default "
+        "parameter set of every step. File layouts: README, 'Your own experiment'.",
+    )
+    ingest.add_argument("movie", help="the scan's movie file (.tif/.tiff/.h5)")
+    ingest.add_argument("--animal-id", type=int, required=True, help="the animal's id")
+    ingest.add_argument("--session", type=int, required=True, help="the session of the animal")
+    ingest.add_argument("--scan-idx", type=int, required=True, help="the scan within the session")
+    ingest.add_argument("--trials", help="trial file, .csv or .json (trial_idx, image_id, onset_frame|onset_time, "
+                        "duration_frames|duration_time, optional tier)")
+    ingest.add_argument("--images", help="folder of <image_id>.npy / .png stimulus images")
+    ingest.add_argument("--behavior", help="behaviour CSV (running, pupil_radius, pupil_x, pupil_y, optional time)")
+    ingest.add_argument("--frame-rate", type=float, help="Hz, for a file whose header has none")
+    ingest.add_argument("--channel", type=int, default=0, help="channel to process, 0-based (default 0)")
+    ingest.add_argument("--field", type=int, default=0, help="field (plane) to process, 0-based (default 0)")
+    ingest.add_argument("--axes", help="axes of an unlabelled HDF5 dataset, e.g. yxt")
+    ingest.add_argument("--acquisition", default="", help="rig, indicator, depth, ...")
+    ingest.add_argument("--note", default="", help="free text")
+    ingest.set_defaults(func=_ingest)
 
     worker = sub.add_parser(
         "worker", help="compute jobs of the auto-populated tables until stopped",

@@ -221,6 +221,13 @@ def _scan_file(key: dict) -> dict:
     }
 
 
+def _beside_scan(builder, key: dict) -> tuple:
+    """``(scan_path,)`` for builders that read results beside the scan's file (suite2p, CaImAn), else ``()``."""
+    import inspect
+
+    return (_scan_file(key)["path"],) if "scan_path" in inspect.signature(builder).parameters else ()
+
+
 def _scan_error(key: dict, error: Exception) -> Exception:
     from pipeline.imaging.io import MovieFileError
 
@@ -430,7 +437,7 @@ class Segmentation(dj.Computed):
     def make_compute(self, key, denoised_key, config):
         builder, _ = params.load_config(SegmentationParams, key)
         movie = Denoised.load(denoised_key).reconstruct()
-        found = builder(movie, **config)
+        found = builder(movie, *_beside_scan(builder, key), **config)
         masks = []
         for i in range(len(found)):
             flat = np.flatnonzero(found.masks[i]).astype(np.int32)
@@ -490,7 +497,7 @@ class Traces(dj.Computed):
         builder, _ = params.load_config(TraceParams, key)
         denoised = Denoised.load(seg_key)
         ids, weights = Segmentation.weights(seg_key, denoised.shape[1:])
-        out = builder(denoised, weights, fps, **config)
+        out = builder(denoised, weights, fps, *_beside_scan(builder, key), **config)
         units = [
             {"unit_id": int(i), "fluorescence": out["fluorescence"][k], "dff": out["dff"][k]} for k, i in enumerate(ids)
         ]

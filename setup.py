@@ -38,8 +38,10 @@ setup(
             "ipykernel>=6.25,<8",
             "matplotlib>=3.7,<4",
             "submitit>=1.5,<2",  # the SLURM launch path is tested through submitit's local executor
+            "pynwb>=3.0,<4",  # NWB export (schemas.nwb) is tested, never skipped
         ],
         "slurm": ["submitit>=1.5,<2"],
+        "nwb": ["pynwb>=3.0,<4"],
     },
     entry_points={"console_scripts": ["pipeline=schemas.cli:main"]},
 )

@@ -1,7 +1,7 @@
 """The ``pipeline`` command: the one owner of the command line (nothing imports this module).
 
-Subcommands: ``db``, ``demo``, ``ingest``, ``worker``, ``controller``, ``launch``, ``status``, ``jobs``,
-``reproduce``. Each parses its arguments here and calls a function of a stage or of
+Subcommands: ``db``, ``demo``, ``ingest``, ``export-nwb``, ``worker``, ``controller``, ``launch``,
+``status``, ``jobs``, ``reproduce``. Each parses its arguments here and calls a function of a stage or of
 ``schemas.workers``. Restrictions on the command line are ``attr=value`` pairs, checked against
 the table they restrict and typed by its heading (``schemas.restrictions``), handed to
 DataJoint as dicts, never pasted into SQL. Errors the user can fix are one line on stderr with
@@ -270,6 +270,26 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- export-nwb ----------------------------------------------------------------------------------
+
+
+def _export_nwb(args: argparse.Namespace) -> int:
+    import schemas
+
+    from . import imaging
+    from .nwb import ExportError, export_scan
+    from .restrictions import typed_restriction
+
+    schemas.activate(args.prefix)
+    try:
+        path = export_scan(typed_restriction(imaging.Traces, args.key), args.path, overwrite=args.overwrite)
+    except ExportError as error:
+        print(f"pipeline export-nwb: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
 # -- the parser ----------------------------------------------------------------------------------
 
 
@@ -420,6 +440,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="'retry' to put errors back, then tables and attr=value restrictions")
     jobs.add_argument("--traceback", action="store_true", help="show each error's traceback")
     jobs.set_defaults(func=_jobs)
+
+    export = sub.add_parser(
+        "export-nwb", help="write a scan's cells, traces, spikes and trials to an NWB file",
+        description="Export the one Traces row matching KEY (attr=value pairs, e.g. animal_id=7 session=1 "
+        "scan_idx=1) with its masks, fluorescence, dF/F, inferred spikes and stimulus trials to PATH (pynwb).",
+    )
+    export.add_argument("key", nargs="+", metavar="KEY", help="attr=value restriction(s) of Traces")
+    export.add_argument("path", metavar="PATH", help="the .nwb file to write")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    export.set_defaults(func=_export_nwb)
 
     from .sysid import REPRODUCE_TOLERANCE
 

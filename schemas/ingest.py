@@ -77,7 +77,8 @@ def insert_default_parameters(spike_methods: tuple = DEFAULT_SPIKE_METHODS) -> d
 
     return {
         "imaging": imaging.insert_default_params(),
-        "spikes": [spikes.SpikeMethod.insert_method(builder, config, note="default") for builder, config in spike_methods],
+        "spikes": [spikes.SpikeMethod.insert_method(builder, config, note="default")
+                   for builder, config in spike_methods],
         "window": params.insert_config(sysid.ResponseWindow, "window_mean", {}, note="default"),
     }
 

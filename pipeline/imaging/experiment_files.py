@@ -140,7 +140,9 @@ def read_trials(path: str | Path) -> TrialFile:
         tier = np.array([str(r.get("tier", "")) for r in rows])
         bad = [i for i, t in enumerate(tier) if t not in TIERS]
         if bad:
-            raise ExperimentFileError(f"{path}: trial row {bad[0]}: tier = {str(tier[bad[0]])!r} (expected one of {TIERS})")
+            raise ExperimentFileError(
+                f"{path}: trial row {bad[0]}: tier = {str(tier[bad[0]])!r} (expected one of {TIERS})"
+            )
     return TrialFile(
         trial_idx=trial_idx,
         image_id=_column(path, rows, "image_id", int),

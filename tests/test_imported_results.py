@@ -12,6 +12,7 @@ from scipy import sparse
 from pipeline.imaging import io
 from pipeline.imaging.imported import ImportedResultsError, read_caiman, read_suite2p
 from schemas import imaging, ingest, params
+from tests.imaging_helpers import blob_movie
 
 SHAPE = (16, 20)  # not square: a transposed footprint would not fit
 FRAMES = 40
@@ -90,8 +91,7 @@ def imported_scan(db):
     """A scan in the raw store with suite2p and CaImAn results beside it, populated through Traces."""
     folder = imaging.raw_store_location() / f"imported_{db.backend}"
     folder.mkdir(parents=True, exist_ok=True)
-    movie = np.random.default_rng(0).normal(100, 5, (FRAMES, *SHAPE))
-    io.write_scanimage_tiff(folder / "scan.tif", movie, 10.0)
+    io.write_scanimage_tiff(folder / "scan.tif", blob_movie(FRAMES, SHAPE), 10.0)
     truth = {"suite2p": write_suite2p(folder / "suite2p" / "plane0"),
              "caiman": write_caiman(folder / "caiman_results.hdf5")}
     done = ingest.ingest_scan(folder / "scan.tif", 9400, 1, 1)  # in the store already: not copied

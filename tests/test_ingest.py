@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.imaging import io
 from schemas import imaging, ingest, lab, spikes, sysid
+from tests.imaging_helpers import blob_movie
 
 ROOT = Path(__file__).resolve().parents[1]
 ANIMAL = 9300  # other parts use 9000.. and 9100; the README's scans are animal 7
@@ -21,8 +22,7 @@ ANIMAL = 9300  # other parts use 9000.. and 9100; the README's scans are animal 
 
 def _movie(folder: Path, name: str, frames: int = 40, fps: float = 10.0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    movie = np.random.default_rng(0).normal(100, 5, (frames, 16, 16))
-    return io.write_scanimage_tiff(folder / name, movie, fps)
+    return io.write_scanimage_tiff(folder / name, blob_movie(frames, (16, 16)), fps)
 
 
 def _trials(folder: Path, text: str) -> Path:

@@ -273,3 +273,11 @@ def test_lab_session_with_another_key_is_an_error(db, tmp_path):
     out = _own_lab(db, tmp_path, OWN_LAB_BAD_KEY)
     assert out.returncode != 0
     assert "mylab.Session has primary key ['session_id'] (expected exactly ['animal_id', 'session']" in out.stderr
+
+
+def test_readme_tiers_become_the_datasets_tiers(readme_run, db, tmp_path):
+    responses = (sysid.TrialResponses & {"animal_id": 7, "session": 1, "scan_idx": 1}).fetch1("KEY")
+    dataset = sysid.dataset_from_responses(responses, f"readme_{db.backend}")
+    folder = sysid.export_dataset(dataset, tmp_path / "tree")
+    tiers = np.load(folder / "meta" / "trials" / "tiers.npy")
+    assert tiers.tolist() == ["train", "train", "validation", "test", "test"]

@@ -188,15 +188,15 @@ def ingest_scan(
         raise IngestError(f"{imaging.describe(key)}: {error}") from None
     _check_frame_rate(key, info, frame_rate)
     result = Ingested(key=key, filename=relative, nframes=int(info.nframes))
-    trial_rows, tier_rows, result.timing = ([], [], "")
+    trial_rows, tier_rows = [], []
     if trials is not None:
-        trial_rows, tier_rows, result.timing = _trial_rows(key, path, trials, info.nframes, frame_rate, channel,
-                                                          field, axes)
+        scan = {"path": path, "frame_rate": frame_rate, "channel": channel, "field": field, "axes": axes}
+        trial_rows, tier_rows, result.timing = _trial_rows(key, scan, trials, info.nframes)
     new_images = experiment_files.read_images(images) if images is not None else {}
     _check_images(key, new_images, trial_rows)
     behavior_row = None
     if behavior is not None:
-        times = _frame_times(key, path, frame_rate, channel, field, axes).times
+        times = _frame_times(key, path, frame_rate=frame_rate, channel=channel, field=field, axes=axes).times
         behavior_row = {**key, **experiment_files.read_behavior(behavior, times)}
     result.new_images = _insert_images(new_images)
     with imaging.Scan.connection.transaction:
@@ -225,7 +225,7 @@ def _check_frame_rate(key: dict, info, frame_rate: float | None) -> None:
                           "(expected --frame-rate / frame_rate in Hz)")
 
 
-def _frame_times(key: dict, path: Path, frame_rate, channel: int, field: int, axes):
+def _frame_times(key: dict, path: Path, *, frame_rate: float | None, channel: int, field: int, axes: str | None):
     from pipeline.imaging import timing
 
     from . import imaging
@@ -236,24 +236,25 @@ def _frame_times(key: dict, path: Path, frame_rate, channel: int, field: int, ax
         raise IngestError(f"{imaging.describe(key)}: {error}") from None
 
 
-def _trial_rows(key, path, trials_file, nframes, frame_rate, channel, field, axes) -> tuple[list, list, str]:
-    """``Trial`` and ``TrialTier`` rows of a trial file, onsets in frames; and the timing's source."""
+def _trial_rows(key: dict, scan: dict, trials_file: str | Path, nframes: int) -> tuple[list, list, str]:
+    """``Trial`` and ``TrialTier`` rows of a trial file, onsets in frames; and the timing's source.
+
+    ``scan``: the movie's ``path`` and its reading options (``frame_rate``, ``channel``,
+    ``field``, ``axes``), for frame times when onsets are in seconds.
+    """
     from pipeline.imaging import experiment_files, timing
 
     from . import imaging
 
     trials = experiment_files.read_trials(trials_file)
     onset, duration, source = trials.onset, trials.duration, ""
-    if "seconds" in (trials.onset_unit, trials.duration_unit):
-        frame_timing = _frame_times(key, path, frame_rate, channel, field, axes)
+    if trials.onset_unit == "seconds":
+        frame_timing = _frame_times(key, scan["path"], **{k: v for k, v in scan.items() if k != "path"})
         source = frame_timing.source
         try:
-            if trials.onset_unit == "seconds":
-                onset = timing.onset_frames(trials.onset, frame_timing.times)
-                if trials.duration_unit == "seconds":
-                    duration = timing.duration_frames(trials.onset, trials.duration, frame_timing.times)
-            else:
-                raise ValueError("duration_time needs onset_time (expected both in seconds, or both in frames)")
+            onset = timing.onset_frames(trials.onset, frame_timing.times)
+            if trials.duration_unit == "seconds":
+                duration = timing.duration_frames(trials.onset, trials.duration, frame_timing.times)
         except ValueError as error:
             raise IngestError(f"{imaging.describe(key)}: {trials_file}: {error}") from None
     end = onset + duration

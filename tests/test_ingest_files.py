@@ -78,6 +78,9 @@ def test_trial_file_errors_name_row_value_and_expectation(tmp_path):
     both = _write(tmp_path / "b.csv", "trial_idx,image_id,onset_frame,onset_time,duration_frames\n0,1,0,0.0,1\n")
     with pytest.raises(ExperimentFileError, match=r"has \['onset_frame', 'onset_time'\] .* \(expected exactly one\)"):
         read_trials(both)
+    mixed = _write(tmp_path / "m.csv", "trial_idx,image_id,onset_frame,duration_time\n0,1,0,0.5\n")
+    with pytest.raises(ExperimentFileError, match=r"duration_time with onset_frame \(expected duration_time with"):
+        read_trials(mixed)
     repeated = _write(tmp_path / "c.csv", "trial_idx,image_id,onset_frame,duration_frames\n0,1,0,1\n0,2,3,1\n")
     with pytest.raises(ExperimentFileError, match=r"trial_idx \[0\] repeated"):
         read_trials(repeated)

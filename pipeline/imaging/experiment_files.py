@@ -124,6 +124,9 @@ def read_trials(path: str | Path) -> TrialFile:
         raise ExperimentFileError(f"{path}: missing column(s) {missing} (found {sorted(columns)})")
     onset_name = _one_of(path, columns, "onset_frame", "onset_time")
     duration_name = _one_of(path, columns, "duration_frames", "duration_time")
+    if (onset_name, duration_name) == ("onset_frame", "duration_time"):
+        raise ExperimentFileError(f"{path}: duration_time with onset_frame (expected duration_time with onset_time, "
+                                  "or duration_frames)")
     trial_idx = _column(path, rows, "trial_idx", int)
     repeated = sorted({int(t) for t in trial_idx if (trial_idx == t).sum() > 1})
     if repeated:

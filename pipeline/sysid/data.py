@@ -683,11 +683,10 @@ def trials_filetree(
     repeated = ids[counts > 1]
     single = ids[counts == 1]
     chosen = np.random.default_rng(seed).permutation(single)[: int(round(validation_fraction * len(single)))]
-    tiers = np.where(
+    assigned = np.where(
         np.isin(image_ids, repeated), "test", np.where(np.isin(image_ids, chosen), "validation", "train")
     ).astype("<U10")
-    if tiers is not None:
-        tiers = _given_tiers(tiers, len(image_ids))
+    tiers = assigned if tiers is None else _given_tiers(tiers, len(image_ids))
     stack = np.stack([np.asarray(images[int(i)], dtype=np.float32).reshape(1, *np.shape(images[int(i)])[-2:])
                       for i in image_ids]) if len(image_ids) else np.zeros((0, 1, 1, 1), np.float32)
     return FileTree(

@@ -44,11 +44,13 @@ setup(
             "moto[server]>=5.1,<6",
             "s3fs>=2024.6,<2027",
             "optuna>=4,<6",  # Optuna sweeps are tested
+            "pynwb>=3.0,<4",  # NWB export (schemas.nwb) is tested, never skipped
         ],
         # stores on S3/MinIO (DataJoint reaches them through fsspec's s3fs)
         "s3": ["s3fs>=2024.6,<2027"],
         "slurm": ["submitit>=1.5,<2"],
         "sweeps": ["optuna>=4,<6"],  # Bayesian (TPE) sweeps; grid and random sweeps need nothing more
+        "nwb": ["pynwb>=3.0,<4"],
     },
     entry_points={"console_scripts": ["pipeline=schemas.cli:main"]},
 )

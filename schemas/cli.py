@@ -1,7 +1,7 @@
 """The ``pipeline`` command: the one owner of the command line (nothing imports this module).
 
 Subcommands: ``db``, ``demo``, ``worker``, ``controller``, ``launch``, ``status``, ``jobs``,
-``reproduce``, ``retrain``, ``report``, ``gc``. Each parses its arguments here and calls a function of a stage or of
+``reproduce``, ``retrain``, ``report``, ``gc``, ``ingest``, ``export-nwb``. Each parses its arguments here and calls a function of a stage or of
 ``schemas.workers``. Restrictions on the command line are ``attr=value`` pairs, checked against
 the table they restrict and typed by its heading (``schemas.restrictions``), handed to
 DataJoint as dicts, never pasted into SQL. Errors the user can fix are one line on stderr with
@@ -241,6 +241,55 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- ingest --------------------------------------------------------------------------------------
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import schemas
+    from pipeline.imaging.experiment_files import ExperimentFileError
+
+    from .ingest import IngestError, ingest_scan
+
+    schemas.activate(args.prefix)
+    try:
+        done = ingest_scan(
+            args.movie, args.animal_id, args.session, args.scan_idx, trials=args.trials, images=args.images,
+            behavior=args.behavior, frame_rate=args.frame_rate, channel=args.channel, field=args.field,
+            axes=args.axes, acquisition=args.acquisition, note=args.note,
+        )
+    except (IngestError, ExperimentFileError) as error:
+        print(f"pipeline ingest: {error}", file=sys.stderr)
+        return 2
+    key = done.key
+    print(f"Scan {key['animal_id']}/{key['session']}/{key['scan_idx']}: raw store file {done.filename!r}, "
+          f"{done.nframes} frames")
+    timing = f" (onsets in seconds converted with the {done.timing})" if done.timing else ""
+    print(f"  {done.trials} trial(s){timing}, {done.new_images} new stimulus image(s), "
+          f"behaviour {'yes' if done.behavior else 'no'}; default parameter sets in place")
+    print("  next: `pipeline worker --exit-when-idle` populates it; `pipeline status` shows progress")
+    return 0
+
+
+# -- export-nwb ----------------------------------------------------------------------------------
+
+
+def _export_nwb(args: argparse.Namespace) -> int:
+    import schemas
+
+    from . import imaging
+    from .nwb import ExportError, export_scan
+    from .restrictions import typed_restriction
+
+    schemas.activate(args.prefix)
+    try:
+        path = export_scan(typed_restriction(imaging.Traces, args.key), args.path, overwrite=args.overwrite)
+    except ExportError as error:
+        print(f"pipeline export-nwb: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
 # -- gc ------------------------------------------------------------------------------------------
 
 
@@ -382,6 +431,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=1,
                       help="populate through N worker processes (default: 1, in this process)")
     demo.set_defaults(func=_demo)
+
+    ingest = sub.add_parser(
+        "ingest", help="register your own scan with its stimulus trials, images and behaviour",
+        description="Copy MOVIE into the raw store (unless it is there), insert its Session, Scan, stimulus "
+        "images, trials (onsets in seconds converted with the file's frame timing) and behaviour, and the default "
+        "parameter set of every step. File layouts: README, 'Your own experiment'.",
+    )
+    ingest.add_argument("movie", help="the scan's movie file (.tif/.tiff/.h5)")
+    ingest.add_argument("--animal-id", type=int, required=True, help="the animal's id")
+    ingest.add_argument("--session", type=int, required=True, help="the session of the animal")
+    ingest.add_argument("--scan-idx", type=int, required=True, help="the scan within the session")
+    ingest.add_argument("--trials", help="trial file, .csv or .json (trial_idx, image_id, onset_frame|onset_time, "
+                        "duration_frames|duration_time, optional tier)")
+    ingest.add_argument("--images", help="folder of <image_id>.npy / .png stimulus images")
+    ingest.add_argument("--behavior", help="behaviour CSV (running, pupil_radius, pupil_x, pupil_y, optional time)")
+    ingest.add_argument("--frame-rate", type=float, help="Hz, for a file whose header has none")
+    ingest.add_argument("--channel", type=int, default=0, help="channel to process, 0-based (default 0)")
+    ingest.add_argument("--field", type=int, default=0, help="field (plane) to process, 0-based (default 0)")
+    ingest.add_argument("--axes", help="axes of an unlabelled HDF5 dataset, e.g. yxt")
+    ingest.add_argument("--acquisition", default="", help="rig, indicator, depth, ...")
+    ingest.add_argument("--note", default="", help="free text")
+    ingest.set_defaults(func=_ingest)
+
+    export = sub.add_parser(
+        "export-nwb", help="write a scan's cells, traces, spikes and trials to an NWB file",
+        description="Export the one Traces row matching KEY (attr=value pairs, e.g. animal_id=7 session=1 "
+        "scan_idx=1) with its masks, fluorescence, dF/F, inferred spikes and stimulus trials to PATH (pynwb).",
+    )
+    export.add_argument("key", nargs="+", metavar="KEY", help="attr=value restriction(s) of Traces")
+    export.add_argument("path", metavar="PATH", help="the .nwb file to write")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    export.set_defaults(func=_export_nwb)
 
     worker = sub.add_parser(
         "worker", help="compute jobs of the auto-populated tables until stopped",
@@ -525,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         sys.stdout.flush()
         return code
-    except (DatabaseUnavailable, RestrictionError, SelectionError, ReportError, schemas.PrefixError,
+    except (DatabaseUnavailable, RestrictionError, SelectionError, ReportError, schemas.PrefixError, schemas.LabModuleError,
             schemas.SchemasMissing) as error:
         print(f"pipeline {args.command}: {error}", file=sys.stderr)
         return 2

@@ -91,16 +91,16 @@ def register_inputs(size_name: str, seed: int) -> dict:
     """Insert the simulated scan, the population dataset and every parameter set; return keys."""
     from pipeline.simulation.population import simulate_population
 
-    from . import imaging, params, spikes, sysid
+    from . import imaging, params, sysid
+    from .ingest import insert_default_parameters
 
     size = SIZES[size_name]
     if not imaging.Scan & DEMO_SCAN:
         _say(f"simulating a scan: {size.scan['n_cells']} cells, {size.scan['height']} x {size.scan['width']} "
              f"pixels, {size.scan['n_frames']} frames")
         imaging.insert_simulated_scan(simulated_experiment(size, seed), DEMO_SCAN, note=f"demo {size_name} seed {seed}")
-    imaging_keys = imaging.insert_default_params()
-    spike_keys = [spikes.SpikeMethod.insert_method(b, c, note="demo") for b, c in size.spike_methods]
-    window_key = params.insert_config(sysid.ResponseWindow, "window_mean", {}, note="default")
+    defaults = insert_default_parameters(size.spike_methods)
+    imaging_keys, spike_keys, window_key = defaults["imaging"], defaults["spikes"], defaults["window"]
 
     if not sysid.Dataset & {"dataset_id": POPULATION_DATASET}:
         folder = population_folder(size_name, seed)

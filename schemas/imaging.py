@@ -65,8 +65,7 @@ def _check_scan_row(row: dict) -> None:
 class Scan(dj.Manual):
     definition = """
     # a raw two-photon scan: one movie file in the raw store, referenced, never copied
-    animal_id         : int32
-    session           : int16
+    -> Session                           # the lab module's (schemas.lab by default): animal_id, session
     scan_idx          : int16
     ---
     filename          : <filepath@raw>   # path of the movie file relative to the raw store
@@ -110,6 +109,16 @@ class Trial(dj.Manual):
     -> StimulusImage
     onset_frame     : int32   # first frame of the presentation (0-based)
     duration_frames : int32   # frames the image was shown
+    """
+
+
+@schema
+class TrialTier(dj.Manual):
+    definition = """
+    # the data tier a lab assigned to a trial in its own trial file (absent: assigned with a dataset)
+    -> Trial
+    ---
+    tier : varchar(16)   # train, validation, test or final_test
     """
 
 
@@ -163,6 +172,19 @@ def insert_default_params() -> dict:
     return {step: params.insert_config(tables[step], DEFAULT_BUILDERS[step], {}, note="default") for step in tables}
 
 
+def ensure_session(key: dict) -> None:
+    """Insert the session of ``key`` through the lab module's ``ensure_session``, if it has one.
+
+    A lab's own module without ``ensure_session`` needs its sessions inserted before their
+    scans; a missing one then fails at the ``Scan`` insert, naming the foreign key.
+    """
+    import schemas
+
+    insert = getattr(schemas.lab_module(), "ensure_session", None)
+    if insert is not None:
+        insert(key)
+
+
 def raw_store_location() -> Path:
     """The local folder of the ``raw`` store (where scans' files are placed before ``Scan`` rows)."""
     spec = dj.config.get_store_spec("raw")
@@ -188,6 +210,7 @@ def insert_simulated_scan(experiment, key: dict, *, image_id_offset: int = 0, no
     key = {"animal_id": int(key["animal_id"]), "session": int(key["session"]), "scan_idx": int(key["scan_idx"])}
     if Scan & key:
         return key
+    ensure_session(key)
     folder = stores.database_folder(schema)
     relative = f"simulated/{folder}/{key['animal_id']}_{key['session']}_{key['scan_idx']}.tif"
     path = raw_store_location() / relative
@@ -255,6 +278,13 @@ def _scan_file(key: dict) -> dict:
         "axes": row["axes"] or None,
         "frame_rate": row["frame_rate"],
     }
+
+
+def _beside_scan(builder, key: dict) -> tuple:
+    """``(scan_path,)`` for builders that read results beside the scan's file (suite2p, CaImAn), else ``()``."""
+    import inspect
+
+    return (_scan_file(key)["path"],) if "scan_path" in inspect.signature(builder).parameters else ()
 
 
 def _check_unchanged(key: dict, name: str, path: Path) -> None:
@@ -527,7 +557,7 @@ class Segmentation(dj.Computed):
         builder, _ = params.load_config(SegmentationParams, key)
         movie = Denoised.load(denoised_key).reconstruct()
         with naming_scan(key):
-            found = builder(movie, **config)
+            found = builder(movie, *_beside_scan(builder, key), **config)
         masks = []
         for i in range(len(found)):
             flat = np.flatnonzero(found.masks[i]).astype(np.int32)
@@ -588,7 +618,7 @@ class Traces(dj.Computed):
         denoised = Denoised.load(seg_key)
         ids, weights = Segmentation.weights(seg_key, denoised.shape[1:])
         with naming_scan(key):
-            out = builder(denoised, weights, fps, **config)
+            out = builder(denoised, weights, fps, *_beside_scan(builder, key), **config)
         units = [
             {"unit_id": int(i), "fluorescence": out["fluorescence"][k], "dff": out["dff"][k]} for k, i in enumerate(ids)
         ]

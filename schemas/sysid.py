@@ -204,13 +204,26 @@ def import_filetree(path: str | os.PathLike, dataset_id: str, note: str = "") ->
     return {"dataset_id": dataset_id}
 
 
+def _lab_tiers(key: dict, trial_idx: list) -> np.ndarray | None:
+    """The tiers the lab gave the trials (``imaging.TrialTier``), or None when it gave none."""
+    given = {r["trial_idx"]: r["tier"] for r in (imaging.TrialTier & key).to_dicts()}
+    if not given:
+        return None
+    missing = [t for t in trial_idx if t not in given]
+    if missing:
+        raise ValueError(f"{imaging.describe(key)}: TrialTier has no tier for trial(s) {missing[:10]} (expected a "
+                         "tier for every trial, or none)")
+    return np.array([given[t] for t in trial_idx])
+
+
 def dataset_from_responses(
     key: dict, dataset_id: str, *, seed: int = 0, validation_fraction: float = 0.1, note: str = ""
 ) -> dict:
     """Build a FileTree dataset from one ``TrialResponses`` row and store it as ``dataset_id``.
 
     Images shown on several trials form the test tier; the rest is split into train and
-    validation with ``seed`` (``pipeline.sysid.data.trials_filetree``).
+    validation with ``seed`` (``pipeline.sysid.data.trials_filetree``) -- unless the lab gave
+    every trial its tier (``imaging.TrialTier``), which is then used.
     """
     from pipeline.sysid import data
 
@@ -233,6 +246,7 @@ def dataset_from_responses(
         pupil_center=np.stack([t["pupil_center"] for t in trials]) if has_behavior else None,
         seed=seed,
         validation_fraction=validation_fraction,
+        tiers=_lab_tiers(source_key, [t["trial_idx"] for t in trials]),
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = data.write_filetree(Path(tmp) / dataset_id, tree)

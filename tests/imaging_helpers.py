@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 SMALL_SCAN = dict(n_cells=12, height=40, width=40, n_frames=300, n_images=10, fps=15.0)
 
 
@@ -50,3 +52,21 @@ def populate_small_scan(db, tmp_path: Path, seed: int = 0) -> dict:
         if result["error_list"]:
             raise RuntimeError(f"populate_small_scan: {table.__name__} failed: {result['error_list']}")
     return (imaging.Traces & restriction).fetch1("KEY")
+
+
+def blob_movie(frames: int, shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """(frames, height, width) float: three Gaussian cells with random activity over noise (mean 100).
+
+    A movie of pure noise denoises to rank 0 (an infinite SNR gain, which MySQL cannot store);
+    these cells give PMD something to keep.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    movie = rng.normal(100, 2, (frames, *shape))
+    centres = ((shape[0] * 0.3, shape[1] * 0.3), (shape[0] * 0.6, shape[1] * 0.7), (shape[0] * 0.8, shape[1] * 0.2))
+    kernel = np.exp(-np.arange(frames) / 4.0)  # calcium decay: smooth in time, as PMD expects of signal
+    for cy, cx in centres:
+        footprint = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0)
+        activity = np.convolve(rng.binomial(1, 0.1, frames), kernel)[:frames]
+        movie += 60 * activity[:, None, None] * footprint
+    return movie

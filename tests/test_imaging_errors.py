@@ -18,6 +18,7 @@ def _scan(idx: int) -> dict:
 
 def _register(idx: int, relative: str, **extra) -> dict:
     key = _scan(idx)
+    imaging.ensure_session(key)
     imaging.Scan.insert1({**key, "filename": relative, **extra}, skip_duplicates=True)
     return key
 
@@ -116,6 +117,7 @@ def test_scan_results_are_bit_for_bit_reproducible(db, tmp_path):
     copy_rel = f"simulated/copy_{db.backend}.tif"
     (imaging.raw_store_location() / copy_rel).write_bytes(path.read_bytes())
     twin = {"animal_id": 9199, "session": 1, "scan_idx": 1}  # not 9000: other parts query that animal
+    imaging.ensure_session(twin)
     imaging.Scan.insert1({**twin, "filename": copy_rel}, skip_duplicates=True)
     params_key = {k: v for k, v in first.items() if k.endswith("_hash")}
     for table in (imaging.ScanInfo, imaging.MotionCorrection, imaging.Denoised, imaging.Segmentation, imaging.Traces):

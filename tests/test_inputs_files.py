@@ -149,6 +149,7 @@ def truncated_scans(db, tmp_path_factory):
     for idx, (name, path) in enumerate(cuts.items(), start=1):
         keys[name] = {"animal_id": ANIMAL, "session": 1, "scan_idx": idx}
         relative = str(path.relative_to(imaging.raw_store_location()))
+        imaging.ensure_session(keys[name])
         imaging.Scan.insert1({**keys[name], "filename": relative, "frame_rate": 10.0}, skip_duplicates=True)
     result = imaging.ScanInfo.populate({"animal_id": ANIMAL}, reserve_jobs=True, suppress_errors=True)
     return keys, result

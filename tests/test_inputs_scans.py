@@ -41,6 +41,7 @@ def _register(db, idx: int, name: str, movie: np.ndarray | None = None, h5: np.n
     else:
         io.write_scanimage_tiff(path, movie, 15.0)
     key = {"animal_id": ANIMAL, "session": 1, "scan_idx": idx}
+    imaging.ensure_session(key)
     imaging.Scan.insert1({**key, "filename": relative, "frame_rate": 15.0}, skip_duplicates=True)
     return key
 
@@ -208,6 +209,7 @@ def test_scan_filename_outside_the_raw_store_is_rejected_at_insert(db, filename,
     outside = imaging.raw_store_location().parent / "outside.tif"
     outside.write_bytes(b"II*\x00")  # the file exists: only the rule stops the insert
     key = {"animal_id": ANIMAL, "session": 2, "scan_idx": 1}
+    imaging.ensure_session(key)
     with pytest.raises(ValueError) as raised:
         imaging.Scan.insert1({**key, "filename": filename})
     assert str(raised.value) == (
@@ -224,6 +226,7 @@ def test_one_bad_filename_keeps_the_whole_insert_out(db):
         {"animal_id": ANIMAL, "session": 3, "scan_idx": 1, "filename": good_file},
         {"animal_id": ANIMAL, "session": 3, "scan_idx": 2, "filename": "../../x.tif"},
     ]
+    imaging.ensure_session(rows[0])
     with pytest.raises(ValueError, match=r"Scan.filename '../../x.tif' climbs out of the raw store"):
         imaging.Scan.insert(rows)
     assert len(imaging.Scan & {"animal_id": ANIMAL, "session": 3}) == 0

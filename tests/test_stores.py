@@ -29,6 +29,7 @@ def _register_tiff(relative: str, key: dict, movie: np.ndarray) -> Path:
     path = imaging.raw_store_location() / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     io.write_scanimage_tiff(path, movie, 10.0)
+    imaging.ensure_session(key)
     imaging.Scan.insert1({**key, "filename": relative})
     return path
 
@@ -167,6 +168,7 @@ def test_scan_in_an_s3_store_populates_from_one_cached_copy(db, s3_raw_store, tm
     relative = f"scans/{db.prefix}/remote.tif"
     _upload_tiff(s3_raw_store, tmp_path, relative, _movie(3))
     try:
+        imaging.ensure_session(key)
         imaging.Scan.insert1({**key, "filename": relative})
         params = imaging.insert_default_params()
         assert imaging.ScanInfo.populate(key, reserve_jobs=True, suppress_errors=True)["error_list"] == []

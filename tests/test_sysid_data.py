@@ -180,3 +180,13 @@ def test_window_mean_averages_activity_and_behaviour_after_onset():
 def test_window_outside_the_recording_names_the_trial():
     with pytest.raises(ValueError, match=r"trial 1: response window frames 98..102 outside the recording"):
         window_mean(np.zeros((1, 100)), np.array([0, 98]), 10.0, start=0.0, stop=0.5)
+
+
+def test_given_tiers_replace_the_assignment():
+    images = {i: np.zeros((4, 4), np.float32) for i in range(3)}
+    tree = data.trials_filetree(images, np.ones((3, 2), np.float32), np.array([0, 1, 2]), np.arange(3),
+                                np.arange(2), tiers=np.array(["test", "train", "validation"]))
+    assert tree.tiers.tolist() == ["test", "train", "validation"]
+    with pytest.raises(data.FileTreeError, match=r"unknown tier\(s\) \['holdout'\]"):
+        data.trials_filetree(images, np.ones((3, 2), np.float32), np.array([0, 1, 2]), np.arange(3),
+                             np.arange(2), tiers=np.array(["test", "holdout", "train"]))

@@ -8,6 +8,7 @@ kind ``"imaging"`` (see ``pipeline.identity``) that the imaging tables' Lookup t
 - ``pmd``: ``pmd.denoise``
 - ``soma_correlation``: ``segmentation.segment``
 - ``neuropil_dff``: ``traces.extract_traces``
+- ``import_suite2p``, ``import_caiman``, ``import_traces``: ``imported`` (results of other tools)
 """
 
 from pipeline import identity
@@ -44,6 +45,9 @@ identity.register(
         minimum={"neuropil_ratio": 0.0, "neuropil_inner": 0, "neuropil_outer": 1}, above={"baseline_window": 0.0}
     ),
 )(traces.extract_traces)
+
+# suite2p / CaImAn results as segmentation and trace builders (they register themselves)
+from pipeline.imaging import imported  # noqa: E402, F401
 
 DEFAULT_BUILDERS = {
     "motion": "rigid_phase_correlation",

@@ -46,6 +46,17 @@ def baseline(traces: np.ndarray, fps: float, *, window: float = 60.0, smoothing:
     return ndimage.maximum_filter1d(low, size, axis=1, mode="nearest")
 
 
+def delta_f_over_f(fluorescence: np.ndarray, fps: float, *, window: float = 60.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(dff, baseline)``, both (cells, frames), of fluorescence traces (cells, frames).
+
+    dF/F is taken against the running ``baseline``; a baseline near zero is floored at 1e-3 of
+    the largest fluorescence, so that a trace hovering around 0 does not divide by ~0.
+    """
+    base = baseline(fluorescence, fps, window=window)
+    floor = np.maximum(np.abs(base), 1e-3 * max(float(np.abs(fluorescence).max(initial=0.0)), 1e-6))
+    return (fluorescence - base) / floor, base
+
+
 def extract_traces(
     source,
     weights: np.ndarray,
@@ -108,9 +119,7 @@ def extract_traces(
             both[:, start : start + 256] = flat @ chunk.T
     raw, neuropil = both[:n], both[n:]
     fluorescence = raw - neuropil_ratio * neuropil
-    base = baseline(fluorescence, fps, window=baseline_window)
-    floor = np.maximum(np.abs(base), 1e-3 * max(float(np.abs(fluorescence).max(initial=0.0)), 1e-6))
-    dff = (fluorescence - base) / floor
+    dff, base = delta_f_over_f(fluorescence, fps, window=baseline_window)
     return {
         "raw": raw.astype(np.float32),
         "neuropil": neuropil.astype(np.float32),

@@ -625,6 +625,16 @@ def filetree_loaders(
     return make_loaders(datasets, seed, batch_size=batch_size, shuffle=shuffle)
 
 
+def _given_tiers(tiers: np.ndarray, n_trials: int) -> np.ndarray:
+    given = np.asarray(tiers).astype(str)
+    if given.shape != (n_trials,):
+        raise FileTreeError(f"tiers have shape {given.shape} (expected ({n_trials},), one per trial)")
+    unknown = sorted(set(given.tolist()) - set(TIERS))
+    if unknown:
+        raise FileTreeError(f"unknown tier(s) {unknown} (expected some of {list(TIERS)})")
+    return given.astype("<U10")
+
+
 def trials_filetree(
     images: dict[int, np.ndarray],
     responses: np.ndarray,
@@ -637,8 +647,9 @@ def trials_filetree(
     seed: int = 0,
     validation_fraction: float = 0.1,
     neurons: dict[str, np.ndarray] | None = None,
+    tiers: np.ndarray | None = None,
 ) -> FileTree:
-    """A FileTree dataset from trial responses, with tiers assigned.
+    """A FileTree dataset from trial responses, with tiers assigned (or given).
 
     Images shown on more than one trial make the ``test`` tier (their repeats give the
     noise estimate of correlation to average and FEVE); the other images are split into
@@ -662,6 +673,8 @@ def trials_filetree(
         Fraction of the once-shown images that go to validation.
     neurons
         Further per-unit meta arrays (area, layer, coordinates, ...).
+    tiers
+        (trials,) the lab's own tiers (each one of ``TIERS``), used instead of the assignment.
     """
     image_ids = np.asarray(image_ids, dtype=np.int64)
     missing = sorted(set(image_ids.tolist()) - set(int(i) for i in images))
@@ -673,9 +686,10 @@ def trials_filetree(
     repeated = ids[counts > 1]
     single = ids[counts == 1]
     chosen = np.random.default_rng(seed).permutation(single)[: int(round(validation_fraction * len(single)))]
-    tiers = np.where(
+    assigned = np.where(
         np.isin(image_ids, repeated), "test", np.where(np.isin(image_ids, chosen), "validation", "train")
     ).astype("<U10")
+    tiers = assigned if tiers is None else _given_tiers(tiers, len(image_ids))
     stack = np.stack([np.asarray(images[int(i)], dtype=np.float32).reshape(1, *np.shape(images[int(i)])[-2:])
                       for i in image_ids]) if len(image_ids) else np.zeros((0, 1, 1, 1), np.float32)
     return FileTree(

@@ -1,4 +1,5 @@
 """Two-photon imaging to trained models of visual cortex, as a DataJoint 2.x pipeline."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -34,6 +35,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=7.4,<10",
+            "ruff>=0.17.6,<0.18",  # lint and format check in CI (ruff.toml); formatting changes between minors
             "pyyaml>=6,<7",
             "nbformat>=5.9,<6",
             "nbclient>=0.9,<1",

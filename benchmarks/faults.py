@@ -132,7 +132,9 @@ def lost_reserve_reply(run: fh.FaultRun, args) -> tuple[float, list[int], int]:
     worker = run.procs[0]
     cursor = run.connection.query(
         f"UPDATE {jobs.full_table_name} SET status='reserved', host=%s, pid=%s, reserved_time=CURRENT_TIMESTAMP(3) "
-        "WHERE item_id=%s AND status='pending'", args=(platform.node(), worker.pid, item))
+        "WHERE item_id=%s AND status='pending'",
+        args=(platform.node(), worker.pid, item),
+    )
     assert cursor.rowcount == 1, f"item {item} was taken meanwhile"
     return time.time(), [item], 0
 
@@ -168,14 +170,18 @@ def _row(r: dict) -> str:
     if "failed" in r:
         return f"{r['fault']:24s} {r['backend']:10s} FAILED: {r['failed']}"
     recovery = f"{r['recovery_s']:8.1f}" if r["recovery_s"] is not None else f"{'-':>8s}"
-    return (f"{r['fault']:24s} {r['backend']:10s} {r['keys_expected']:5d} {r['rows_found']:5d} {r['duplicates']:5d} "
-            f"{r['redone']:6d} {r['partial_rows']:7d} {r['jobs_reserved']:8d} {r['jobs_error']:6d} {recovery} "
-            f"{r['workers_alive']:>3d}/{r['workers_expected']:<3d}")
+    return (
+        f"{r['fault']:24s} {r['backend']:10s} {r['keys_expected']:5d} {r['rows_found']:5d} {r['duplicates']:5d} "
+        f"{r['redone']:6d} {r['partial_rows']:7d} {r['jobs_reserved']:8d} {r['jobs_error']:6d} {recovery} "
+        f"{r['workers_alive']:>3d}/{r['workers_expected']:<3d}"
+    )
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'fault':24s} {'backend':10s} {'keys':>5s} {'rows':>5s} {'dupl':>5s} {'redone':>6s} {'partial':>7s} "
-          f"{'reserved':>8s} {'error':>6s} {'recovery':>8s} alive")
+    print(
+        f"{'fault':24s} {'backend':10s} {'keys':>5s} {'rows':>5s} {'dupl':>5s} {'redone':>6s} {'partial':>7s} "
+        f"{'reserved':>8s} {'error':>6s} {'recovery':>8s} alive"
+    )
     for r in rows:
         print(_row(r))
 
@@ -208,12 +214,15 @@ def main(argv=None) -> int:
                     print(_row(rows[-1]), file=sys.stderr, flush=True)
         finally:
             server.close()
-    print(f"\n{args.workers} workers x {args.keys} keys of {args.job_seconds} s per fault; "
-          f"{time.monotonic() - started:.0f} s in all\n")
+    print(
+        f"\n{args.workers} workers x {args.keys} keys of {args.job_seconds} s per fault; "
+        f"{time.monotonic() - started:.0f} s in all\n"
+    )
     print_table(rows)
     if args.json:
-        args.json.write_text(json.dumps(dict(workers=args.workers, keys=args.keys, job_seconds=args.job_seconds,
-                                             rows=rows), indent=1))
+        args.json.write_text(
+            json.dumps(dict(workers=args.workers, keys=args.keys, job_seconds=args.job_seconds, rows=rows), indent=1)
+        )
     if any(_damaged(r) for r in rows):
         print(f"worker logs kept in {folder}", file=sys.stderr)
         return 1
@@ -225,8 +234,14 @@ def _damaged(r: dict) -> bool:
     """A row where something was lost, duplicated, stuck or killed."""
     if "failed" in r:
         return True
-    return bool(r["duplicates"] or r["partial_rows"] or r["jobs_reserved"] or r["jobs_error"]
-                or r["rows_found"] != r["keys_expected"] or r["workers_alive"] != r["workers_expected"])
+    return bool(
+        r["duplicates"]
+        or r["partial_rows"]
+        or r["jobs_reserved"]
+        or r["jobs_error"]
+        or r["rows_found"] != r["keys_expected"]
+        or r["workers_alive"] != r["workers_expected"]
+    )
 
 
 if __name__ == "__main__":

@@ -194,7 +194,17 @@ def simulate(size: str, folder: Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def run_tool(tool: str, python: str, movie: Path, truth: Path | None, threads: int, timeout: float) -> dict:
-    cmd = ["nice", python, str(Path(__file__).resolve()), "--worker", tool, "--movie", str(movie), "--threads", str(threads)]
+    cmd = [
+        "nice",
+        python,
+        str(Path(__file__).resolve()),
+        "--worker",
+        tool,
+        "--movie",
+        str(movie),
+        "--threads",
+        str(threads),
+    ]
     if truth is not None:
         cmd += ["--truth", str(truth)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}

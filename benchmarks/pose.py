@@ -80,9 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
     test = data.simulate(args.test_sequences, args.test_frames, seed=args.seed + 1000)
     result = {
         "train": {"sequences": args.train_sequences, "frames": args.train_frames},
-        "test": {"sequences": args.test_sequences, "frames": args.test_frames,
-                 "occluded_fraction": float(test.occluded[..., 1:].mean()),
-                 "jitter_truth": metrics.jitter(test.poses[..., 1:, :] * 1000)},
+        "test": {
+            "sequences": args.test_sequences,
+            "frames": args.test_frames,
+            "occluded_fraction": float(test.occluded[..., 1:].mean()),
+            "jitter_truth": metrics.jitter(test.poses[..., 1:, :] * 1000),
+        },
         "models": {},
     }
     for label in args.models:
@@ -92,20 +95,29 @@ def main(argv: list[str] | None = None) -> dict:
             config["guidance_scale"] = args.guidance_scale
         fit = estimators.train(builder, config, train, seed=args.seed)
         scores = evaluate(fit.model, test)
-        result["models"][label] = {"builder": builder, "config": config, "train_seconds": fit.wall_time,
-                                   "final_loss": fit.history["final_loss"], **scores}
+        result["models"][label] = {
+            "builder": builder,
+            "config": config,
+            "train_seconds": fit.wall_time,
+            "final_loss": fit.history["final_loss"],
+            **scores,
+        }
         print(f"{label}: trained in {fit.wall_time:.0f} s, sampled in {scores['sample_seconds']:.0f} s", flush=True)
 
     print()
-    print(f"held-out: {args.test_sequences} clips x {args.test_frames} frames, "
-          f"{100 * result['test']['occluded_fraction']:.1f}% of joints occluded, "
-          f"true jitter {result['test']['jitter_truth']:.2f} mm/frame^2; 20 hypotheses per frame")
+    print(
+        f"held-out: {args.test_sequences} clips x {args.test_frames} frames, "
+        f"{100 * result['test']['occluded_fraction']:.1f}% of joints occluded, "
+        f"true jitter {result['test']['jitter_truth']:.2f} mm/frame^2; 20 hypotheses per frame"
+    )
     header = f"{'model':<22}{'MPJPE mean':>11}{'minMPJPE':>10}{'ECE':>8}{'ECE occl.':>10}{'jitter':>9}{'train s':>9}"
     print(header)
     print("-" * len(header))
     for label, m in result["models"].items():
-        print(f"{label:<22}{m['mpjpe_mean']:>11.1f}{m['min_mpjpe']:>10.1f}{m['ece']:>8.3f}"
-              f"{m['ece_occluded']:>10.3f}{m['jitter']:>9.2f}{m['train_seconds']:>9.0f}")
+        print(
+            f"{label:<22}{m['mpjpe_mean']:>11.1f}{m['min_mpjpe']:>10.1f}{m['ece']:>8.3f}"
+            f"{m['ece_occluded']:>10.3f}{m['jitter']:>9.2f}{m['train_seconds']:>9.0f}"
+        )
     print("(MPJPE in mm, root excluded; ECE pooled over all test frames; jitter in mm/frame^2 within clips)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

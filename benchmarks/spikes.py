@@ -47,7 +47,9 @@ def load_ground_truth(data: Path) -> list:
 
 
 def score(prediction: np.ndarray, recording) -> float:
-    return float(spikefinder_correlation(to_100hz(prediction, recording.fps), to_100hz(recording.spikes, recording.fps)))
+    return float(
+        spikefinder_correlation(to_100hz(prediction, recording.fps), to_100hz(recording.spikes, recording.fps))
+    )
 
 
 def run_oasis(recordings, python: Path) -> tuple[list, list]:
@@ -55,8 +57,10 @@ def run_oasis(recordings, python: Path) -> tuple[list, list]:
     with tempfile.TemporaryDirectory() as folder:
         inputs = {f"trace_{i}": r.calcium[~np.isnan(r.calcium)].astype(np.float64) for i, r in enumerate(recordings)}
         np.savez(Path(folder) / "in.npz", **inputs)
-        subprocess.run([str(python), str(ROOT / "benchmarks" / "spikes_oasis_peer.py"), f"{folder}/in.npz",
-                        f"{folder}/out.npz"], check=True)
+        subprocess.run(
+            [str(python), str(ROOT / "benchmarks" / "spikes_oasis_peer.py"), f"{folder}/in.npz", f"{folder}/out.npz"],
+            check=True,
+        )
         out = np.load(Path(folder) / "out.npz")
         spikes, seconds = [], []
         for i, r in enumerate(recordings):
@@ -134,7 +138,10 @@ def print_table(result: dict) -> None:
     methods = list(summary["methods"])
     print(f"{'cell':48s} {'fps':>6s} " + " ".join(f"{m:>18s}" for m in methods))
     for c in result["cells"]:
-        print(f"{c['dataset'][:16] + '/' + c['cell'][-31:]:48s} {c['fps']:6.1f} " + " ".join(f"{c[m]:18.3f}" for m in methods))
+        print(
+            f"{c['dataset'][:16] + '/' + c['cell'][-31:]:48s} {c['fps']:6.1f} "
+            + " ".join(f"{c[m]:18.3f}" for m in methods)
+        )
     print()
     print(f"{'dataset':24s} {'cells':>5s} " + " ".join(f"{m:>18s}" for m in methods))
     for d, row in summary["datasets"].items():
@@ -144,8 +151,10 @@ def print_table(result: dict) -> None:
     if "oasis-ar1" in methods:
         ours = summary["methods"]["deconvolution-ar1"]
         theirs = summary["methods"]["oasis-ar1"]
-        print(f"deconvolution-ar1 / oasis-ar1: correlation ratio {ours['mean_over_cells'] / theirs['mean_over_cells']:.3f}, "
-              f"time ratio {ours['seconds'] / theirs['seconds']:.3f}")
+        print(
+            f"deconvolution-ar1 / oasis-ar1: correlation ratio {ours['mean_over_cells'] / theirs['mean_over_cells']:.3f}, "
+            f"time ratio {ours['seconds'] / theirs['seconds']:.3f}"
+        )
 
 
 def read_eval_dir(folder: Path) -> list:
@@ -185,8 +194,14 @@ def main(argv=None) -> int:
             if oasis:
                 row["oasis-ar1"], row["oasis-ar1_seconds"] = score(oasis[0][i], r), oasis[1][i]
             cells.append(row)
-        result = {"eval_dir": str(args.eval_dir), "params": params, "training_seconds": seconds,
-                  "training_correlation": model.score, "cells": cells, "summary": summarize(cells)}
+        result = {
+            "eval_dir": str(args.eval_dir),
+            "params": params,
+            "training_seconds": seconds,
+            "training_correlation": model.score,
+            "cells": cells,
+            "summary": summarize(cells),
+        }
         result["mean_correlation"] = result["summary"]["methods"]["supervised"]["mean_over_cells"]
     else:
         result = {"params": params, **cross_validate(recordings, params, oasis_python)}

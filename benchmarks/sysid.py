@@ -78,8 +78,10 @@ def simulate(folder: Path, args) -> Path:
         n_types=args.types,
         overwrite=True,
     )
-    print(f"simulated {args.neurons} neurons of {args.types} feature types, {args.train} train images of {args.height} x {args.width} "
-          f"in {time.perf_counter() - started:.0f} s -> {path}")
+    print(
+        f"simulated {args.neurons} neurons of {args.types} feature types, {args.train} train images of {args.height} x {args.width} "
+        f"in {time.perf_counter() - started:.0f} s -> {path}"
+    )
     return Path(path)
 
 
@@ -125,8 +127,18 @@ def peer_comparison(loaders: dict, args, workdir: Path) -> dict:
     _, config = MODELS["cnn_gaussian"]
     epochs = args.peer_epochs
     peer_config = {
-        **{k: config[k] for k in ("hidden_channels", "layers", "input_kernel", "hidden_kernel", "pad_input",
-                                 "gamma_input", "gamma_readout")},
+        **{
+            k: config[k]
+            for k in (
+                "hidden_channels",
+                "layers",
+                "input_kernel",
+                "hidden_kernel",
+                "pad_input",
+                "gamma_input",
+                "gamma_readout",
+            )
+        },
         "init_mu_range": 0.3,
         "init_sigma": 0.1,
         "batch_size": loaders["train"][key].batch_size,
@@ -138,8 +150,13 @@ def peer_comparison(loaders: dict, args, workdir: Path) -> dict:
     (workdir / "peer_config.json").write_text(json.dumps(peer_config))
     # ours: the same fixed number of epochs, best validation epoch kept, no learning-rate decay
     ours = fit("cnn_gaussian", loaders, args.seed, {"max_epochs": epochs, "lr": TRAINER["lr"], "patience": epochs + 1})
-    command = [str(args.peer_python), str(PEER_RUNNER), str(workdir / "arrays.npz"),
-               str(workdir / "peer_config.json"), str(workdir / "peer.json")]
+    command = [
+        str(args.peer_python),
+        str(PEER_RUNNER),
+        str(workdir / "arrays.npz"),
+        str(workdir / "peer_config.json"),
+        str(workdir / "peer.json"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"peer runner failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -161,8 +178,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, help="a FileTree folder with a repeated test tier (default: simulate)")
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS),
-                        help=f"default: {' '.join(DEFAULT_MODELS)} (+ cnn_gaussian_shifter_modulator with --behavior)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODELS),
+        help=f"default: {' '.join(DEFAULT_MODELS)} (+ cnn_gaussian_shifter_modulator with --behavior)",
+    )
     parser.add_argument("--neurons", type=int, default=500)
     parser.add_argument("--train", type=int, default=5000)
     parser.add_argument("--test-images", type=int, default=100)
@@ -170,8 +191,12 @@ def main(argv=None) -> int:
     parser.add_argument("--height", type=int, default=18)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--behavior", action="store_true", help="simulate running, pupil and eye movements")
-    parser.add_argument("--types", type=int, default=4,
-                        help="feature types the neurons share at their own orientations (= --neurons: none shared)")
+    parser.add_argument(
+        "--types",
+        type=int,
+        default=4,
+        help="feature types the neurons share at their own orientations (= --neurons: none shared)",
+    )
     parser.add_argument("--max-epochs", type=int, default=TRAINER["max_epochs"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--train-fraction", type=float, default=1.0, help="train on this fraction of the train tier")
@@ -207,8 +232,11 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             report["models"][name] = fit(name, loaders, args.seed, trainer_config)
             report["models"][name]["wall_seconds"] = time.perf_counter() - started
-            print(f"  {name}: {report['models'][name]['correlation_to_average']:.3f} correlation to average, "
-                  f"{report['models'][name]['epochs']} epochs, {report['models'][name]['wall_seconds']:.0f} s", flush=True)
+            print(
+                f"  {name}: {report['models'][name]['correlation_to_average']:.3f} correlation to average, "
+                f"{report['models'][name]['epochs']} epochs, {report['models'][name]['wall_seconds']:.0f} s",
+                flush=True,
+            )
         report["targets"] = targets(report)
         if not args.no_peer:
             report["peer"] = peer_comparison(loaders, args, workdir)
@@ -251,18 +279,24 @@ def targets(report: dict) -> dict:
 
 def print_report(report: dict) -> None:
     o = report["oracle"]
-    print(f"\ndataset: {report['dataset']}  device: {report['device']}  torch {report['torch']}, "
-          f"{report['threads']} thread(s)")
+    print(
+        f"\ndataset: {report['dataset']}  device: {report['device']}  torch {report['torch']}, "
+        f"{report['threads']} thread(s)"
+    )
     header = f"{'model':31s} {'maps':>4s} {'params':>8s} {'single':>7s} {'avg':>7s} {'FEVE':>7s} {'/oracle':>8s} {'ep':>4s} {'s/ep':>7s} {'img/s':>7s}"
     print(header)
     print("-" * len(header))
     if o:
-        print(f"{'oracle (noiseless)':31s} {'':>4s} {'':>8s} {o['single_trial_correlation']:7.3f} {o['correlation_to_average']:7.3f} "
-              f"{o['feve']:7.3f} {1.0:8.2f}")
+        print(
+            f"{'oracle (noiseless)':31s} {'':>4s} {'':>8s} {o['single_trial_correlation']:7.3f} {o['correlation_to_average']:7.3f} "
+            f"{o['feve']:7.3f} {1.0:8.2f}"
+        )
     for name, m in report["models"].items():
         ratio = m["correlation_to_average"] / o["correlation_to_average"] if o else float("nan")
-        print(f"{name:31s} {m['feature_maps']:4d} {m['parameters']:8d} {m['single_trial_correlation']:7.3f} {m['correlation_to_average']:7.3f} "
-              f"{m['feve']:7.3f} {ratio:8.2f} {m['epochs']:4d} {m['seconds_per_epoch']:7.2f} {m['images_per_second']:7.0f}")
+        print(
+            f"{name:31s} {m['feature_maps']:4d} {m['parameters']:8d} {m['single_trial_correlation']:7.3f} {m['correlation_to_average']:7.3f} "
+            f"{m['feve']:7.3f} {ratio:8.2f} {m['epochs']:4d} {m['seconds_per_epoch']:7.2f} {m['images_per_second']:7.0f}"
+        )
     if report.get("targets"):
         print("\ntargets (correlation to average):")
         for name, t in report["targets"].items():
@@ -273,14 +307,20 @@ def print_report(report: dict) -> None:
             print(f"  {name:28s} {value}{extra}  target {t['target']}: {'met' if t['met'] else 'NOT met'}")
     peer = report.get("peer")
     if peer:
-        print(f"\nGaussian-readout baseline vs neuralpredictors 0.3.0 ({peer['epochs']} epochs, batch {peer['batch_size']}):")
+        print(
+            f"\nGaussian-readout baseline vs neuralpredictors 0.3.0 ({peer['epochs']} epochs, batch {peer['batch_size']}):"
+        )
         for side in ("ours", "neuralpredictors"):
             p = peer[side]
-            print(f"  {side:18s} {p['seconds_per_epoch']:7.2f} s/epoch  {p['images_per_second']:7.0f} img/s  "
-                  f"single {p['single_trial_correlation']:.3f}  avg {p['correlation_to_average']:.3f}")
-        print(f"  ratio ours/peer: time per epoch {peer['time_per_epoch_ratio_ours_over_peer']:.2f}, "
-              f"correlation to average {peer['correlation_to_average_ratio_ours_over_peer']:.3f}, "
-              f"single-trial {peer['single_trial_correlation_ratio_ours_over_peer']:.3f}")
+            print(
+                f"  {side:18s} {p['seconds_per_epoch']:7.2f} s/epoch  {p['images_per_second']:7.0f} img/s  "
+                f"single {p['single_trial_correlation']:.3f}  avg {p['correlation_to_average']:.3f}"
+            )
+        print(
+            f"  ratio ours/peer: time per epoch {peer['time_per_epoch_ratio_ours_over_peer']:.2f}, "
+            f"correlation to average {peer['correlation_to_average_ratio_ours_over_peer']:.3f}, "
+            f"single-trial {peer['single_trial_correlation_ratio_ours_over_peer']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -39,14 +39,36 @@ from pipeline.sysid import fitting, kshot, metrics  # noqa: E402
 KS = [10, 30, 100, 300, 1000, kshot.ALL]
 
 
-def _fit(folder: Path, builder: str, config: dict, trainer: str, trainer_config: dict, seed: int,
-         neuron_ids: list[int] | None = None, batch_size: int = 64):
+def _fit(
+    folder: Path,
+    builder: str,
+    config: dict,
+    trainer: str,
+    trainer_config: dict,
+    seed: int,
+    neuron_ids: list[int] | None = None,
+    batch_size: int = 64,
+):
     dataset = {"paths": [str(folder)], "data_keys": ["sim"], "batch_size": batch_size, "neuron_ids": neuron_ids}
     started = time.perf_counter()
-    result = fitting.fit(identity.resolve("dataset", "filetree"), dataset, identity.resolve("model", builder), config,
-                         identity.resolve("trainer", trainer), trainer_config, seed)
-    model, loaders = fitting.rebuild(identity.resolve("dataset", "filetree"), dataset, identity.resolve("model", builder),
-                                     config, seed, fitting.state_dict_bytes(result.state_dict), "cpu")
+    result = fitting.fit(
+        identity.resolve("dataset", "filetree"),
+        dataset,
+        identity.resolve("model", builder),
+        config,
+        identity.resolve("trainer", trainer),
+        trainer_config,
+        seed,
+    )
+    model, loaders = fitting.rebuild(
+        identity.resolve("dataset", "filetree"),
+        dataset,
+        identity.resolve("model", builder),
+        config,
+        seed,
+        fitting.state_dict_bytes(result.state_dict),
+        "cpu",
+    )
     return model, loaders, result, time.perf_counter() - started
 
 
@@ -64,13 +86,24 @@ def divisive_normalization(folder: Path, neurons, oracle: np.ndarray, args) -> d
     pooled = neurons.normalized
     for label, normalize in (("with DN", True), ("without DN", False)):
         config = {"hidden_channels": args.channels, "normalize": normalize}
-        model, loaders, result, seconds = _fit(folder, "divisive_normalization", config, "standard_trainer",
-                                               {"max_epochs": args.epochs, "patience": 3, "lr_decay_steps": 2}, args.seed)
+        model, loaders, result, seconds = _fit(
+            folder,
+            "divisive_normalization",
+            config,
+            "standard_trainer",
+            {"max_epochs": args.epochs, "patience": 3, "lr_decay_steps": 2},
+            args.seed,
+        )
         scores = fitting.evaluate(model, loaders)["sim"]
         unit = scores["unit_correlation_to_average"]
-        out[label] = {"pooled": float(unit[pooled].mean()), "others": float(unit[~pooled].mean()),
-                      "all": float(unit.mean()), "epochs": result.output["epochs"], "seconds": seconds,
-                      "unit_correlation_to_average": unit.tolist()}
+        out[label] = {
+            "pooled": float(unit[pooled].mean()),
+            "others": float(unit[~pooled].mean()),
+            "all": float(unit.mean()),
+            "epochs": result.output["epochs"],
+            "seconds": seconds,
+            "unit_correlation_to_average": unit.tolist(),
+        }
         if normalize:
             out["model"] = model
             out["loaders"] = loaders
@@ -84,9 +117,16 @@ def kshot_curve(folder: Path, oracle: np.ndarray, args) -> dict:
     trained_ids = list(range(1, int(round(0.8 * n)) + 1))
     heldout = np.arange(len(trained_ids), n)  # columns of the held-out units
     config = {"hidden_channels": args.channels, "layers": 2}
-    model, _, result, seconds = _fit(folder, "neural_process", config, "neural_process_trainer",
-                                     {"max_epochs": args.np_epochs, "patience": 3}, args.seed,
-                                     neuron_ids=trained_ids, batch_size=128)
+    model, _, result, seconds = _fit(
+        folder,
+        "neural_process",
+        config,
+        "neural_process_trainer",
+        {"max_epochs": args.np_epochs, "patience": 3},
+        args.seed,
+        neuron_ids=trained_ids,
+        batch_size=128,
+    )
     every = identity.resolve("dataset", "filetree")(args.seed, paths=[str(folder)], data_keys=["sim"], batch_size=256)
     context = kshot.loader_arrays(every["train"]["sim"], heldout)
     test = kshot.loader_arrays(every["test"]["sim"], heldout)
@@ -111,8 +151,12 @@ def in_silico(model, loaders, neurons, args) -> dict:
     seconds = time.perf_counter() - started
     filters = receptive_fields(neurons)
     pairs = np.where(neurons.complex[:, None, None, None], filters, filters[:, :1].repeat(2, axis=1))
-    mei_r = np.array([insilico.filter_correlation(mei["meis"][i : i + 1], pairs[i : i + 1, : 2 if neurons.complex[i] else 1])[0]
-                      for i in range(len(neurons))])
+    mei_r = np.array(
+        [
+            insilico.filter_correlation(mei["meis"][i : i + 1], pairs[i : i + 1, : 2 if neurons.complex[i] else 1])[0]
+            for i in range(len(neurons))
+        ]
+    )
     error = insilico.orientation_error(tuning["preferred_orientation"], neurons.orientation)
 
     # the method on the truth itself: grating tuning of the ground-truth neurons
@@ -124,8 +168,9 @@ def in_silico(model, loaders, neurons, args) -> dict:
         raw = images[:, 0].numpy() * stats["images_std"] + stats["images_mean"]
         return torch.from_numpy(neuron_rates(neurons, raw)).float()
 
-    truth = insilico.grating_tuning_experiment(true_response, shape, len(neurons), args.seed,
-                                               amplitude=IMAGE_MEAN * 0.5 / stats["images_std"])
+    truth = insilico.grating_tuning_experiment(
+        true_response, shape, len(neurons), args.seed, amplitude=IMAGE_MEAN * 0.5 / stats["images_std"]
+    )
     truth_error = insilico.orientation_error(truth["preferred_orientation"], neurons.orientation)
     return {
         "mei_filter_correlation_median": float(np.median(mei_r)),
@@ -134,8 +179,12 @@ def in_silico(model, loaders, neurons, args) -> dict:
         "seconds": seconds,
         "unit_mei_filter_correlation": mei_r.tolist(),
         "unit_orientation_error": error.tolist(),
-        "arrays": {"meis": mei["meis"], "filters": filters[:, 0], "curves": tuning["curves"],
-                   "orientations": tuning["orientations"]},
+        "arrays": {
+            "meis": mei["meis"],
+            "filters": filters[:, 0],
+            "curves": tuning["curves"],
+            "orientations": tuning["orientations"],
+        },
     }
 
 
@@ -150,8 +199,10 @@ def figures(directory: Path, silico: dict, curve: dict) -> list[str]:
     order = np.argsort(silico["unit_mei_filter_correlation"])[::-1][:6]
     fig, axes = plt.subplots(2, 6, figsize=(12, 3))
     for j, i in enumerate(order):
-        axes[0, j].imshow(a["meis"][i, 0], cmap="gray"); axes[0, j].set_title(f"MEI {i}", fontsize=8)
-        axes[1, j].imshow(a["filters"][i], cmap="gray"); axes[1, j].set_title("true filter", fontsize=8)
+        axes[0, j].imshow(a["meis"][i, 0], cmap="gray")
+        axes[0, j].set_title(f"MEI {i}", fontsize=8)
+        axes[1, j].imshow(a["filters"][i], cmap="gray")
+        axes[1, j].set_title("true filter", fontsize=8)
     for ax in axes.ravel():
         ax.axis("off")
     fig.savefig(directory / "meis.png", dpi=100, bbox_inches="tight")
@@ -160,7 +211,9 @@ def figures(directory: Path, silico: dict, curve: dict) -> list[str]:
         pts = [p for p in curve["points"] if p["method"] == method]
         ax.plot([p["k"] for p in pts], [p["correlation_to_average"] for p in pts], "o-", label=method)
     ax.axhline(curve["oracle"], color="k", ls="--", label="oracle")
-    ax.set_xscale("log"); ax.set_xlabel("K (trials of the new neuron)"); ax.set_ylabel("test correlation to average")
+    ax.set_xscale("log")
+    ax.set_xlabel("K (trials of the new neuron)")
+    ax.set_ylabel("test correlation to average")
     ax.legend()
     fig.savefig(directory / "kshot.png", dpi=100, bbox_inches="tight")
     plt.close("all")
@@ -193,27 +246,42 @@ def main(argv: list[str] | None = None) -> dict:
         folder = args.dataset
         if folder is None or not folder.is_dir():
             folder = simulate_population(
-                folder or Path(tmp) / "population", n_neurons=args.neurons, n_train=args.train,
-                n_test_images=args.test_images, repeats=args.repeats, seed=args.seed, height=args.height,
-                width=args.width, complex_fraction=args.complex_fraction,
-                normalized_fraction=args.normalized_fraction, with_behavior=False, overwrite=True)
+                folder or Path(tmp) / "population",
+                n_neurons=args.neurons,
+                n_train=args.train,
+                n_test_images=args.test_images,
+                repeats=args.repeats,
+                seed=args.seed,
+                height=args.height,
+                width=args.width,
+                complex_fraction=args.complex_fraction,
+                normalized_fraction=args.normalized_fraction,
+                with_behavior=False,
+                overwrite=True,
+            )
         _, neurons = ground_truth(folder)
         oracle = _oracle(folder)
         dn = divisive_normalization(folder, neurons, oracle, args)
         silico = in_silico(dn.pop("model"), dn.pop("loaders"), neurons, args)
         curve = kshot_curve(folder, oracle, args)
 
-    print(f"\nK-shot prediction of {curve['heldout_units']} held-out neurons (neural process trained on "
-          f"{curve['trained_units']}; test correlation to average, oracle {curve['oracle']:.3f})")
-    print(f"  {'K':>6}  {'neural process':>15}  {'fitted readout':>15}  {'NP s/neuron':>12}  {'fit s/neuron':>12}  {'speed-up':>8}")
+    print(
+        f"\nK-shot prediction of {curve['heldout_units']} held-out neurons (neural process trained on "
+        f"{curve['trained_units']}; test correlation to average, oracle {curve['oracle']:.3f})"
+    )
+    print(
+        f"  {'K':>6}  {'neural process':>15}  {'fitted readout':>15}  {'NP s/neuron':>12}  {'fit s/neuron':>12}  {'speed-up':>8}"
+    )
     by_k = {}
     for p in curve["points"]:
         by_k.setdefault(p["k_request"], {})[p["method"]] = p
-    for k_request, pair in by_k.items():
+    for pair in by_k.values():
         a, b = pair["neural_process"], pair["fitted_readout"]
-        print(f"  {a['k']:>6}  {a['correlation_to_average']:>15.3f}  {b['correlation_to_average']:>15.3f}  "
-              f"{a['seconds_per_neuron']:>12.2e}  {b['seconds_per_neuron']:>12.2e}  "
-              f"{b['seconds_per_neuron'] / a['seconds_per_neuron']:>7.0f}x")
+        print(
+            f"  {a['k']:>6}  {a['correlation_to_average']:>15.3f}  {b['correlation_to_average']:>15.3f}  "
+            f"{a['seconds_per_neuron']:>12.2e}  {b['seconds_per_neuron']:>12.2e}  "
+            f"{b['seconds_per_neuron'] / a['seconds_per_neuron']:>7.0f}x"
+        )
     print(f"\nDivisive normalization ({dn['n_pooled']} of {args.neurons} neurons with pools; correlation to average)")
     print(f"  {'model':<12}{'pooled':>8}{'others':>8}{'all':>8}")
     for label in ("with DN", "without DN"):
@@ -225,9 +293,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  preferred orientation error, median         {silico['orientation_error_median_degrees']:.1f} deg")
     print(f"  same tuning experiment on the true neurons  {silico['truth_orientation_error_median_degrees']:.1f} deg")
 
-    report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "kshot": curve, "divisive_normalization": dn,
-              "in_silico": {k: v for k, v in silico.items() if k != "arrays"}}
+    report = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "kshot": curve,
+        "divisive_normalization": dn,
+        "in_silico": {k: v for k, v in silico.items() if k != "arrays"},
+    }
     if args.figures is not None:
         report["figures"] = figures(args.figures, silico, curve)
     if args.json is not None:

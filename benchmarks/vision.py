@@ -43,8 +43,12 @@ from pipeline.vision import data, distortions, models, neural, robustness, stimu
 METHODS = {
     "plain": ("plain_classifier", {}, False, None),
     "similarity": ("similarity_regularized", {"similarity_weight": 5.0}, False, "trained"),
-    "similarity_shuffled": ("similarity_regularized", {"similarity_weight": 5.0, "shuffle_targets": True}, False,
-                            "trained"),
+    "similarity_shuffled": (
+        "similarity_regularized",
+        {"similarity_weight": 5.0, "shuffle_targets": True},
+        False,
+        "trained",
+    ),
     "similarity_untrained": ("similarity_regularized", {"similarity_weight": 5.0}, False, "untrained"),
     "cotrained": ("cotrained", {"response_weight": 1.0}, True, "trained"),
     "cotrained_shuffled": ("cotrained", {"response_weight": 1.0, "shuffle_targets": True}, True, "trained"),
@@ -60,16 +64,32 @@ TRAINERS = {
 def v1_predictions(size: int, n_neurons: int, n_train: int, epochs: int, images: np.ndarray) -> dict:
     """Train a model of V1 on a simulated population; its trained and untrained responses to ``images``."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = simulate_population(Path(tmp) / "v1", n_neurons=n_neurons, n_train=n_train, n_test_images=50,
-                                     repeats=4, seed=0, height=size, width=size, with_behavior=False)
+        folder = simulate_population(
+            Path(tmp) / "v1",
+            n_neurons=n_neurons,
+            n_train=n_train,
+            n_test_images=50,
+            repeats=4,
+            seed=0,
+            height=size,
+            width=size,
+            with_behavior=False,
+        )
         config = {"paths": [str(folder)], "data_keys": ["v1"], "batch_size": 64}
-        model_config = {"hidden_channels": 16, "layers": 2, "input_kernel": 7, "hidden_kernel": 5,
-                        "pad_input": True}
+        model_config = {"hidden_channels": 16, "layers": 2, "input_kernel": 7, "hidden_kernel": 5, "pad_input": True}
         started = time.perf_counter()
-        fit = fitting.fit(sysid_data.filetree_loaders, config, sysid_models.cnn_factorized, model_config,
-                          sysid_training.standard_trainer, {"max_epochs": epochs}, 0)
-        untrained, loaders = fitting.build(sysid_data.filetree_loaders, config, sysid_models.cnn_factorized,
-                                           model_config, 0)
+        fit = fitting.fit(
+            sysid_data.filetree_loaders,
+            config,
+            sysid_models.cnn_factorized,
+            model_config,
+            sysid_training.standard_trainer,
+            {"max_epochs": epochs},
+            0,
+        )
+        untrained, loaders = fitting.build(
+            sysid_data.filetree_loaders, config, sysid_models.cnn_factorized, model_config, 0
+        )
         trained, _ = fitting.build(sysid_data.filetree_loaders, config, sysid_models.cnn_factorized, model_config, 0)
         trained.load_state_dict(fit.state_dict)
         scores = fitting.evaluate(trained.eval(), loaders, "test")["v1"]
@@ -88,31 +108,44 @@ def summary(values: list[float]) -> dict:
 
 def run_method(name: str, stimulus: dict, targets: dict, seed: int, epochs: int) -> dict:
     trainer, config, head, source = METHODS[name]
-    loaders = data.stimulus_split(seed, images=stimulus["images"], labels=stimulus["labels"],
-                                  targets=None if source is None else targets[source])
+    loaders = data.stimulus_split(
+        seed, images=stimulus["images"], labels=stimulus["labels"], targets=None if source is None else targets[source]
+    )
     model = models.digit_cnn(loaders, seed, response_head=head)
     result = TRAINERS[trainer](model, loaders, seed, epochs=epochs, **config)
     test = data.tier_arrays(loaders, "test")
-    return {**robustness.robustness(model.eval(), test["images"], test["labels"], seed=seed),
-            "validation_accuracy": result.score, "seconds": result.output["seconds"]}
+    return {
+        **robustness.robustness(model.eval(), test["images"], test["labels"], seed=seed),
+        "validation_accuracy": result.score,
+        "seconds": result.output["seconds"],
+    }
 
 
-def run_distillation(stimulus: dict, seed: int, epochs: int, teacher_augment: float, magnitude: float,
-                     conditional: bool = False) -> dict:
+def run_distillation(
+    stimulus: dict, seed: int, epochs: int, teacher_augment: float, magnitude: float, conditional: bool = False
+) -> dict:
     loaders = data.stimulus_split(seed, images=stimulus["images"], labels=stimulus["labels"])
     test = data.tier_arrays(loaders, "test")
     teacher = models.digit_cnn(loaders, seed, channels=[16, 32])
     training.plain_classifier(teacher, loaders, seed, epochs=epochs, augment_magnitude=teacher_augment)
-    out = {"teacher": {**robustness.out_of_domain(teacher.eval(), test["images"], test["labels"]),
-                       "parameters": models.parameter_count(teacher)}}
+    out = {
+        "teacher": {
+            **robustness.out_of_domain(teacher.eval(), test["images"], test["labels"]),
+            "parameters": models.parameter_count(teacher),
+        }
+    }
     hard = {"magnitude": magnitude, "conditional": conditional}
-    for name, trainer, extra in (("kd", training.knowledge_distillation, {}),
-                                 ("hard", training.hard_distillation, hard)):
+    for name, trainer, extra in (
+        ("kd", training.knowledge_distillation, {}),
+        ("hard", training.hard_distillation, hard),
+    ):
         student = models.digit_mlp(loaders, seed, hidden=32)
         result = trainer(student, loaders, seed, teacher=teacher, epochs=epochs, **extra)
-        out[name] = {**robustness.out_of_domain(student.eval(), test["images"], test["labels"]),
-                     "teacher_queries": result.output["teacher_queries"],
-                     "parameters": models.parameter_count(student)}
+        out[name] = {
+            **robustness.out_of_domain(student.eval(), test["images"], test["labels"]),
+            "teacher_queries": result.output["teacher_queries"],
+            "parameters": models.parameter_count(student),
+        }
         if "augmentor" in result.output:
             out[name]["augmentor"] = result.output["augmentor"]
     return out
@@ -125,8 +158,9 @@ def table(results: dict, seeds: list[int]) -> str:
     for name, runs in results.items():
         cells = [summary([r["clean"] for r in runs])]
         for kind in kinds:
-            cells.append(summary([np.mean([d["accuracy"] for d in r["distortions"] if d["distortion"] == kind])
-                                  for r in runs]))
+            cells.append(
+                summary([np.mean([d["accuracy"] for d in r["distortions"] if d["distortion"] == kind]) for r in runs])
+            )
         cells.append(summary([r["pgd"]["accuracy"] for r in runs]))
         text = [f"{c['mean']:.3f}+-{c['std']:.3f}" for c in cells]
         lines.append(f"{name:22s} {text[0]:>12s} " + " ".join(f"{t:>14s}" for t in text[1:-1]) + f" {text[-1]:>12s}")
@@ -140,8 +174,10 @@ def distillation_table(runs: list[dict]) -> str:
     for name in ("teacher", "kd", "hard"):
         cells = [summary([r[name][d] for r in runs]) for d in domains]
         queries = "-" if name == "teacher" else f"{int(np.mean([r[name]['teacher_queries'] for r in runs])):d}"
-        lines.append(f"{name:10s} {runs[0][name]['parameters']:>7d} {queries:>9s} "
-                     + " ".join(f"{c['mean']:.3f}+-{c['std']:.3f}" for c in cells))
+        lines.append(
+            f"{name:10s} {runs[0][name]['parameters']:>7d} {queries:>9s} "
+            + " ".join(f"{c['mean']:.3f}+-{c['std']:.3f}" for c in cells)
+        )
     return "\n".join(lines)
 
 
@@ -150,11 +186,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=8, help="epochs of every classifier and student")
     parser.add_argument("--size", type=int, default=12, help="height and width of the stimuli (V1 model input)")
-    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS),
-                        help="neural-target methods to run (none: distillation only)")
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=list(METHODS),
+        choices=list(METHODS),
+        help="neural-target methods to run (none: distillation only)",
+    )
     parser.add_argument("--no-distillation", action="store_true")
-    parser.add_argument("--teacher-augment", type=float, default=0.3,
-                        help="magnitude of the teacher's random affine augmentation")
+    parser.add_argument(
+        "--teacher-augment", type=float, default=0.3, help="magnitude of the teacher's random affine augmentation"
+    )
     parser.add_argument("--hard-magnitude", type=float, default=0.3, help="HARD augmentor's magnitude")
     parser.add_argument("--hard-conditional", action="store_true", help="HARD augmentor sees each image")
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -166,32 +208,50 @@ def main(argv: list[str] | None = None) -> dict:
     results, v1 = {}, {}
     if args.methods:
         v1 = v1_predictions(args.size, n_neurons=100, n_train=1500, epochs=10, images=stimulus["images"])
-        print(f"V1 model: validation correlation {v1['validation_correlation']:.3f}, test correlation to average "
-              f"{v1['test_correlation_to_average']:.3f} ({v1['seconds']:.0f} s); targets {v1['trained'].shape}")
-        results = {name: [run_method(name, stimulus, v1, seed, args.epochs) for seed in args.seeds]
-                   for name in args.methods}
-        print(f"\nTest accuracy, mean +- std over seeds {args.seeds} ({len(stimulus['labels'])} digits of "
-              f"{args.size}x{args.size}; distortions averaged over strengths {distortions.STRENGTHS}; PGD "
-              f"{robustness.PGD})\n")
+        print(
+            f"V1 model: validation correlation {v1['validation_correlation']:.3f}, test correlation to average "
+            f"{v1['test_correlation_to_average']:.3f} ({v1['seconds']:.0f} s); targets {v1['trained'].shape}"
+        )
+        results = {
+            name: [run_method(name, stimulus, v1, seed, args.epochs) for seed in args.seeds] for name in args.methods
+        }
+        print(
+            f"\nTest accuracy, mean +- std over seeds {args.seeds} ({len(stimulus['labels'])} digits of "
+            f"{args.size}x{args.size}; distortions averaged over strengths {distortions.STRENGTHS}; PGD "
+            f"{robustness.PGD})\n"
+        )
         print(table(results, args.seeds))
     distilled = []
     if not args.no_distillation:
-        distilled = [run_distillation(stimulus, seed, args.epochs, args.teacher_augment, args.hard_magnitude,
-                                      args.hard_conditional) for seed in args.seeds]
-        print(f"\nDistillation: teacher CNN (random affine augmentation {args.teacher_augment}) -> MLP student, "
-              f"plain KD vs HARD (augmentor magnitude {args.hard_magnitude}); test accuracy, out of domain "
-              f"{distortions.OUT_OF_DOMAIN}\n")
+        distilled = [
+            run_distillation(
+                stimulus, seed, args.epochs, args.teacher_augment, args.hard_magnitude, args.hard_conditional
+            )
+            for seed in args.seeds
+        ]
+        print(
+            f"\nDistillation: teacher CNN (random affine augmentation {args.teacher_augment}) -> MLP student, "
+            f"plain KD vs HARD (augmentor magnitude {args.hard_magnitude}); test accuracy, out of domain "
+            f"{distortions.OUT_OF_DOMAIN}\n"
+        )
         print(distillation_table(distilled))
         spread = np.mean([np.mean(r["hard"]["augmentor"]["std_deviation"]) for r in distilled])
         shift = np.mean([np.abs(np.array(r["hard"]["augmentor"]["mean_deviation"])).max() for r in distilled])
-        print(f"HARD augmentor after training: spread (std) of its affine entries {spread:.3f}, largest mean "
-              f"deviation {shift:.3f}, bound {args.hard_magnitude} (a spread far below the bound: it has collapsed "
-              "onto nearly one transform)")
+        print(
+            f"HARD augmentor after training: spread (std) of its affine entries {spread:.3f}, largest mean "
+            f"deviation {shift:.3f}, bound {args.hard_magnitude} (a spread far below the bound: it has collapsed "
+            "onto nearly one transform)"
+        )
     seconds = time.perf_counter() - started
     print(f"\n{seconds:.0f} s in all")
     out = {
-        "settings": {**vars(args), "json": str(args.json) if args.json else None, "methods_config": METHODS,
-                     "strengths": distortions.STRENGTHS, "pgd": robustness.PGD},
+        "settings": {
+            **vars(args),
+            "json": str(args.json) if args.json else None,
+            "methods_config": METHODS,
+            "strengths": distortions.STRENGTHS,
+            "pgd": robustness.PGD,
+        },
         "v1": {k: v for k, v in v1.items() if k not in ("trained", "untrained")},
         "methods": results,
         "distillation": distilled,

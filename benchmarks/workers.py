@@ -34,8 +34,17 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", message="No datajoint.json found")
 warnings.filterwarnings("ignore", message=".*MariaDB is not officially supported.*")
 
-WORKER_OPTIONS = ["--poll", "0.05", "--heartbeat", "1", "--refresh-interval", "0.5", "--controller-interval", "5",
-                  "--exit-when-idle"]
+WORKER_OPTIONS = [
+    "--poll",
+    "0.05",
+    "--heartbeat",
+    "1",
+    "--refresh-interval",
+    "0.5",
+    "--controller-interval",
+    "5",
+    "--exit-when-idle",
+]
 
 PLAIN_POPULATE = """
 import warnings; warnings.filterwarnings("ignore")
@@ -49,9 +58,16 @@ wt.Square.populate(reserve_jobs=True, suppress_errors=True, refresh=False)
 
 
 def _env(backend: str, home: Path, prefix: str, logs: Path, mysql: str) -> dict:
-    env = {**os.environ, "PIPELINE_HOME": str(home), "PIPELINE_PREFIX": prefix, "WORK_LOG_DIR": str(logs),
-           "PYTHONPATH": str(ROOT), "PIPELINE_MODULES": "tests.work_tables", "DJ_IGNORE_CONFIG_FILE": "true",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PIPELINE_HOME": str(home),
+        "PIPELINE_PREFIX": prefix,
+        "WORK_LOG_DIR": str(logs),
+        "PYTHONPATH": str(ROOT),
+        "PIPELINE_MODULES": "tests.work_tables",
+        "DJ_IGNORE_CONFIG_FILE": "true",
+        "OMP_NUM_THREADS": "1",
+    }
     for var in ("DJ_HOST", "DJ_USER", "DJ_PASS", "DJ_BACKEND", "DJ_PORT"):
         env.pop(var, None)
     if backend == "mysql":
@@ -111,8 +127,12 @@ def _run(env: dict, n_workers: int, plain: bool) -> None:
         argv = [sys.executable, "-c", PLAIN_POPULATE]
     else:
         argv = [sys.executable, "-m", "schemas.cli", "worker", *WORKER_OPTIONS, "--tables", "Square"]
-    procs = [subprocess.Popen(["nice", "-n", "5", *argv], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for _ in range(n_workers)]
+    procs = [
+        subprocess.Popen(
+            ["nice", "-n", "5", *argv], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(n_workers)
+    ]
     for proc in procs:
         _out, err = proc.communicate(timeout=600)
         if proc.returncode:
@@ -145,21 +165,37 @@ def bench_backend(backend: str, args, home: Path) -> list[dict]:
     try:
         for kind in ("short", "compute"):
             for n_workers in args.workers:
-                for tool in (("pipeline worker", "datajoint populate") if kind == "short" else ("pipeline worker",)):
+                for tool in ("pipeline worker", "datajoint populate") if kind == "short" else ("pipeline worker",):
                     _reset(wt, workers, logs)
                     n_jobs = args.short_jobs if kind == "short" else args.compute_jobs
-                    wt.Item.insert([dict(item_id=i, sleep=0.0, spin=spin if kind == "compute" else 0, fail=0)
-                                    for i in range(n_jobs)])
+                    wt.Item.insert(
+                        [
+                            dict(item_id=i, sleep=0.0, spin=spin if kind == "compute" else 0, fail=0)
+                            for i in range(n_jobs)
+                        ]
+                    )
                     wt.Square.jobs.refresh(delay=-1)
                     _run(env, n_workers, plain=tool != "pipeline worker")
                     span, done = _span(logs)
                     assert done == n_jobs == len(wt.Square()), (done, n_jobs, len(wt.Square()))
-                    results.append(dict(backend=backend, kind=kind, tool=tool, workers=n_workers, jobs=n_jobs,
-                                        seconds=span, jobs_per_s=n_jobs / span,
-                                        ms_per_job=1000 * span * n_workers / n_jobs,
-                                        cores_used=min(n_workers, cores)))
-                    print(f"  {backend:10s} {kind:7s} {tool:18s} {n_workers} worker(s): {n_jobs / span:7.1f} jobs/s",
-                          file=sys.stderr, flush=True)
+                    results.append(
+                        dict(
+                            backend=backend,
+                            kind=kind,
+                            tool=tool,
+                            workers=n_workers,
+                            jobs=n_jobs,
+                            seconds=span,
+                            jobs_per_s=n_jobs / span,
+                            ms_per_job=1000 * span * n_workers / n_jobs,
+                            cores_used=min(n_workers, cores),
+                        )
+                    )
+                    print(
+                        f"  {backend:10s} {kind:7s} {tool:18s} {n_workers} worker(s): {n_jobs / span:7.1f} jobs/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     finally:
         import datajoint as dj
 
@@ -173,8 +209,14 @@ def bench_backend(backend: str, args, home: Path) -> list[dict]:
             row["speedup"] = one["seconds"] / row["seconds"]
             row["speedup_vs_cores"] = row["speedup"] / row["cores_used"]
         else:
-            peer = next(r for r in results if r["kind"] == "short" and r["workers"] == row["workers"]
-                        and r["tool"] == "datajoint populate" and r["backend"] == backend)
+            peer = next(
+                r
+                for r in results
+                if r["kind"] == "short"
+                and r["workers"] == row["workers"]
+                and r["tool"] == "datajoint populate"
+                and r["backend"] == backend
+            )
             row["ratio_to_populate"] = row["jobs_per_s"] / peer["jobs_per_s"]
     return results
 
@@ -197,8 +239,9 @@ def main(argv=None) -> int:
         for backend in args.backends:
             # one backend per process: DataJoint's configuration is process-wide
             out = home / f"{backend}.json"
-            code = subprocess.run([sys.executable, __file__, "--_one", backend, str(out), json.dumps(vars(args),
-                                   default=str)], cwd=ROOT).returncode
+            code = subprocess.run(
+                [sys.executable, __file__, "--_one", backend, str(out), json.dumps(vars(args), default=str)], cwd=ROOT
+            ).returncode
             if code:
                 print(f"{backend}: benchmark failed (exit {code})", file=sys.stderr)
                 continue
@@ -212,13 +255,17 @@ def main(argv=None) -> int:
         shutil.rmtree(home, ignore_errors=True)
 
     print(f"\ncores: {os.cpu_count()}, load average before: {load_before:.2f}, after: {os.getloadavg()[0]:.2f}")
-    print(f"{'backend':10s} {'jobs':8s} {'tool':18s} {'workers':>7s} {'n':>4s} {'s':>7s} {'jobs/s':>8s} "
-          f"{'ms/job':>7s} {'vs peer':>8s} {'speed-up':>8s} {'/cores':>7s}")
+    print(
+        f"{'backend':10s} {'jobs':8s} {'tool':18s} {'workers':>7s} {'n':>4s} {'s':>7s} {'jobs/s':>8s} "
+        f"{'ms/job':>7s} {'vs peer':>8s} {'speed-up':>8s} {'/cores':>7s}"
+    )
     for r in results:
-        print(f"{r['backend']:10s} {r['kind']:8s} {r['tool']:18s} {r['workers']:7d} {r['jobs']:4d} {r['seconds']:7.2f} "
-              f"{r['jobs_per_s']:8.1f} {r['ms_per_job']:7.1f} "
-              + (f"{r['ratio_to_populate']:8.2f}" if "ratio_to_populate" in r else f"{'':8s}")
-              + (f" {r['speedup']:8.2f} {r['speedup_vs_cores']:7.2f}" if "speedup" in r else ""))
+        print(
+            f"{r['backend']:10s} {r['kind']:8s} {r['tool']:18s} {r['workers']:7d} {r['jobs']:4d} {r['seconds']:7.2f} "
+            f"{r['jobs_per_s']:8.1f} {r['ms_per_job']:7.1f} "
+            + (f"{r['ratio_to_populate']:8.2f}" if "ratio_to_populate" in r else f"{'':8s}")
+            + (f" {r['speedup']:8.2f} {r['speedup_vs_cores']:7.2f}" if "speedup" in r else "")
+        )
     if args.json:
         args.json.write_text(json.dumps(dict(cores=os.cpu_count(), load_before=load_before, results=results), indent=1))
     return 0

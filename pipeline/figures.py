@@ -37,8 +37,9 @@ def scale_bar(ax, length: float, label: str, *, color: str = "w", fraction: floa
     ax.text(x + length / 2, y - fraction * height, label, color=color, ha="center", va="bottom", fontsize=8)
 
 
-def show_image(ax, image: np.ndarray, title: str, *, cmap: str = "gray", label: str = "",
-               pixel_size_um: float | None = None) -> Any:
+def show_image(
+    ax, image: np.ndarray, title: str, *, cmap: str = "gray", label: str = "", pixel_size_um: float | None = None
+) -> Any:
     """``image`` (height, width) with a colorbar labelled ``label`` and a scale bar; returns the image artist."""
     plt = _pyplot()
     artist = ax.imshow(image, cmap=cmap, origin="upper", interpolation="nearest")
@@ -66,8 +67,9 @@ def _round_length(value: float) -> float:
     return float(max(m * power for m in (1, 2, 5) if m * power <= value))
 
 
-def stacked_traces(ax, t: np.ndarray, traces: np.ndarray, labels: Sequence[str], *, ylabel: str,
-                   spacing: float | None = None) -> None:
+def stacked_traces(
+    ax, t: np.ndarray, traces: np.ndarray, labels: Sequence[str], *, ylabel: str, spacing: float | None = None
+) -> None:
     """Traces (n, time) one above the other, each labelled at its left end, with a vertical scale bar."""
     traces = np.asarray(traces, dtype=float)
     spacing = spacing or 1.2 * float(np.nanmax(np.nanmax(traces, axis=1) - np.nanmin(traces, axis=1)) or 1.0)
@@ -114,12 +116,23 @@ def scan_figure(
     fig = plt.figure(figsize=(13, 8), constrained_layout=True)
     grid = fig.add_gridspec(2, 3, height_ratios=[1.1, 1])
     ax = fig.add_subplot(grid[0, 0])
-    show_image(ax, mean_image, f"{len(masks)} cells over the mean image", label="fluorescence (a.u.)",
-               pixel_size_um=pixel_size_um)
+    show_image(
+        ax,
+        mean_image,
+        f"{len(masks)} cells over the mean image",
+        label="fluorescence (a.u.)",
+        pixel_size_um=pixel_size_um,
+    )
     if len(masks):
         ax.contour((np.asarray(masks) > 0).any(axis=0), levels=[0.5], colors="tab:red", linewidths=0.6)
-    show_image(fig.add_subplot(grid[0, 1]), correlation_image, "local correlation image", cmap="magma",
-               label="correlation with neighbours", pixel_size_um=pixel_size_um)
+    show_image(
+        fig.add_subplot(grid[0, 1]),
+        correlation_image,
+        "local correlation image",
+        cmap="magma",
+        label="correlation with neighbours",
+        pixel_size_um=pixel_size_um,
+    )
     ax = fig.add_subplot(grid[0, 2])
     t = np.arange(len(shifts)) / fps
     ax.plot(t, shifts[:, 0], lw=0.7, label="y")
@@ -130,8 +143,13 @@ def scan_figure(
     ax.legend(loc="upper right", frameon=False, fontsize=8)
     ax = fig.add_subplot(grid[1, :])
     shown = np.asarray(dff)[:n_traces]
-    stacked_traces(ax, np.arange(shown.shape[1]) / fps, shown, [f"cell {i}" for i in range(len(shown))],
-                   ylabel="dF/F (offset per cell)")
+    stacked_traces(
+        ax,
+        np.arange(shown.shape[1]) / fps,
+        shown,
+        [f"cell {i}" for i in range(len(shown))],
+        ylabel="dF/F (offset per cell)",
+    )
     ax.set_title(f"dF/F of the first {len(shown)} cells")
     if title:
         fig.suptitle(title)

@@ -179,9 +179,7 @@ def resolve(kind: str, name: str) -> Callable:
 
 def config_parameters(fn: Callable) -> dict[str, inspect.Parameter]:
     """The configurable parameters of a builder: its keyword-only parameters."""
-    return {
-        name: p for name, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    return {name: p for name, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def normalize(fn: Callable, config: dict[str, Any] | None = None, *, name: str | None = None) -> dict[str, Any]:

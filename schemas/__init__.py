@@ -94,12 +94,15 @@ def lab_module(name: str | None = None) -> ModuleType:
     try:
         module = importlib.import_module(name)
     except ImportError as error:
-        raise LabModuleError(f"cannot import the lab module {name!r} ({error}; expected an importable module "
-                             "with a Session table, e.g. schemas.lab)") from None
+        raise LabModuleError(
+            f"cannot import the lab module {name!r} ({error}; expected an importable module "
+            "with a Session table, e.g. schemas.lab)"
+        ) from None
     session = getattr(module, "Session", None)
     if not (isinstance(session, type) and issubclass(session, dj.Table)):
-        raise LabModuleError(f"lab module {name!r} has no Session table (expected a DataJoint table keyed by "
-                             "animal_id, session)")
+        raise LabModuleError(
+            f"lab module {name!r} has no Session table (expected a DataJoint table keyed by animal_id, session)"
+        )
     return module
 
 
@@ -110,15 +113,19 @@ def stage_names(optional: tuple[str, ...] | None = None) -> tuple[str, ...]:
 
 def stage_modules(optional: tuple[str, ...] | None = None) -> list[ModuleType]:
     """The stage modules of ``stage_names(optional)`` (imported, not activated), the lab module first."""
-    return [lab_module() if stage == "lab" else importlib.import_module(f"schemas.{stage}")
-            for stage in stage_names(optional)]
+    return [
+        lab_module() if stage == "lab" else importlib.import_module(f"schemas.{stage}")
+        for stage in stage_names(optional)
+    ]
 
 
 def _check_session_key(module: ModuleType) -> None:
     key = sorted(module.Session.primary_key)
     if key != ["animal_id", "session"]:
-        raise LabModuleError(f"{module.__name__}.Session has primary key {key} (expected exactly "
-                             "['animal_id', 'session'], the first two attributes of every scan key)")
+        raise LabModuleError(
+            f"{module.__name__}.Session has primary key {key} (expected exactly "
+            "['animal_id', 'session'], the first two attributes of every scan key)"
+        )
 
 
 def activate(

@@ -51,8 +51,15 @@ class RecordingTruth(dj.Manual):
     """
 
 
-def insert_simulated_recording(recording_id: str, n_frames: int, *, seed: int = 0, noise_px: float = 2.0,
-                               occlusion_rate: float = 0.1, note: str = "") -> dict:
+def insert_simulated_recording(
+    recording_id: str,
+    n_frames: int,
+    *,
+    seed: int = 0,
+    noise_px: float = 2.0,
+    occlusion_rate: float = 0.1,
+    note: str = "",
+) -> dict:
     """Simulate the stick figure for ``n_frames`` and insert its keypoints and 3D truth.
 
     Returns the recording's key.
@@ -135,8 +142,16 @@ class TrainedPoseModel(dj.Computed):
         return training.n_joints, fit.history["final_loss"], fit.history, fit.weights, provenance(seed, fit.wall_time)
 
     def make_insert(self, key, n_joints, final_loss, history, weights, provenance):
-        self.insert1({**key, "n_joints": n_joints, "final_loss": final_loss, "history": history,
-                      "weights": (".pt", weights), "provenance": provenance})
+        self.insert1(
+            {
+                **key,
+                "n_joints": n_joints,
+                "final_loss": final_loss,
+                "history": history,
+                "weights": (".pt", weights),
+                "provenance": provenance,
+            }
+        )
 
     def delete(self, *args, **kwargs):
         """Delete rows (and their hypotheses and scores) and their stored weights."""
@@ -195,8 +210,14 @@ class PoseHypotheses(dj.Computed):
         recording = (Recording & key).fetch1()
         shape = (int(recording["n_frames"]), int(recording["n_joints"]))
         # arrays cross as text: populate hashes the fetched data, element by element for an array
-        return (model_row["builder"], json_value(model_row["config"]), bytes_as_text(weights), shape,
-                array_as_text(np.ravel(recording["keypoints"])), array_as_text(np.ravel(recording["confidence"])))
+        return (
+            model_row["builder"],
+            json_value(model_row["config"]),
+            bytes_as_text(weights),
+            shape,
+            array_as_text(np.ravel(recording["keypoints"])),
+            array_as_text(np.ravel(recording["confidence"])),
+        )
 
     def make_compute(self, key, builder, config, weights, shape, keypoints, confidence):
         from pipeline.behavior import estimators
@@ -254,4 +275,3 @@ class PoseScore(dj.Computed):
                 "n_occluded": scores["n_occluded"],
             }
         )
-

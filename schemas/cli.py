@@ -59,8 +59,11 @@ def _demo(args: argparse.Namespace) -> int:
     from . import database, demo
 
     if database.user_gave_host() and args.prefix is None:
-        print("pipeline demo: a lab server is configured (DJ_HOST / datajoint.json); give the demo schemas of "
-              "its own there, e.g. `pipeline --prefix demo_ demo`", file=sys.stderr)
+        print(
+            "pipeline demo: a lab server is configured (DJ_HOST / datajoint.json); give the demo schemas of "
+            "its own there, e.g. `pipeline --prefix demo_ demo`",
+            file=sys.stderr,
+        )
         return 2
     summary = demo.run_demo(args.prefix, size=args.size, seed=args.seed, workers=args.workers)
     return 1 if summary["errors"] else 0
@@ -82,11 +85,21 @@ def worker_options(args: argparse.Namespace):
 
     split_pairs(args.restrict)  # the syntax now; the attributes once the tables are known
     return WorkerOptions(
-        tables=args.tables, modules=_module_names(args), restrict=list(args.restrict), priority=args.priority,
-        max_jobs=args.max_jobs, exit_when_idle=args.exit_when_idle, batch=args.batch, poll=args.poll,
-        heartbeat=args.heartbeat, heartbeat_timeout=args.heartbeat_timeout,
-        controller_interval=args.controller_interval, refresh_interval=args.refresh_interval, grace=args.grace,
-        gpu=args.gpu, give_up_after=None if args.give_up_after <= 0 else args.give_up_after,
+        tables=args.tables,
+        modules=_module_names(args),
+        restrict=list(args.restrict),
+        priority=args.priority,
+        max_jobs=args.max_jobs,
+        exit_when_idle=args.exit_when_idle,
+        batch=args.batch,
+        poll=args.poll,
+        heartbeat=args.heartbeat,
+        heartbeat_timeout=args.heartbeat_timeout,
+        controller_interval=args.controller_interval,
+        refresh_interval=args.refresh_interval,
+        grace=args.grace,
+        gpu=args.gpu,
+        give_up_after=None if args.give_up_after <= 0 else args.give_up_after,
     )
 
 
@@ -120,9 +133,16 @@ def _launch(args: argparse.Namespace) -> int:
 
     options = worker_options(args)
     cluster = ClusterOptions(
-        workers=args.workers, gpus=args.gpus, cluster=args.cluster, partition=args.partition, walltime=args.walltime,
-        gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker, mem=args.mem,
-        log_dir=args.log_dir, wait=args.wait,
+        workers=args.workers,
+        gpus=args.gpus,
+        cluster=args.cluster,
+        partition=args.partition,
+        walltime=args.walltime,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        mem=args.mem,
+        log_dir=args.log_dir,
+        wait=args.wait,
     )
     if not args.cluster:
         return launch_local(args.prefix, options, cluster)
@@ -152,7 +172,8 @@ def _read_only(args: argparse.Namespace):
     modules = activate_modules(_module_names(args), prefix, connection)
     info = connection.conn_info
     where = f"{connection.adapter.backend} at {info['host']}" + (
-        f":{info['port']}" if not str(info["host"]).startswith("/") else "")
+        f":{info['port']}" if not str(info["host"]).startswith("/") else ""
+    )
     return prefix, select_tables(args.tables if hasattr(args, "tables") else None, modules), where
 
 
@@ -253,19 +274,33 @@ def _ingest(args: argparse.Namespace) -> int:
     schemas.activate(args.prefix)
     try:
         done = ingest_scan(
-            args.movie, args.animal_id, args.session, args.scan_idx, trials=args.trials, images=args.images,
-            behavior=args.behavior, frame_rate=args.frame_rate, channel=args.channel, field=args.field,
-            axes=args.axes, acquisition=args.acquisition, note=args.note,
+            args.movie,
+            args.animal_id,
+            args.session,
+            args.scan_idx,
+            trials=args.trials,
+            images=args.images,
+            behavior=args.behavior,
+            frame_rate=args.frame_rate,
+            channel=args.channel,
+            field=args.field,
+            axes=args.axes,
+            acquisition=args.acquisition,
+            note=args.note,
         )
     except (IngestError, ExperimentFileError) as error:
         print(f"pipeline ingest: {error}", file=sys.stderr)
         return 2
     key = done.key
-    print(f"Scan {key['animal_id']}/{key['session']}/{key['scan_idx']}: raw store file {done.filename!r}, "
-          f"{done.nframes} frames")
+    print(
+        f"Scan {key['animal_id']}/{key['session']}/{key['scan_idx']}: raw store file {done.filename!r}, "
+        f"{done.nframes} frames"
+    )
     timing = f" (onsets in seconds converted with the {done.timing})" if done.timing else ""
-    print(f"  {done.trials} trial(s){timing}, {done.new_images} new stimulus image(s), "
-          f"behaviour {'yes' if done.behavior else 'no'}; default parameter sets in place")
+    print(
+        f"  {done.trials} trial(s){timing}, {done.new_images} new stimulus image(s), "
+        f"behaviour {'yes' if done.behavior else 'no'}; default parameter sets in place"
+    )
     print("  next: `pipeline worker --exit-when-idle` populates it; `pipeline status` shows progress")
     return 0
 
@@ -302,9 +337,11 @@ def _gc(args: argparse.Namespace) -> int:
     reports = stores.collect_garbage(grace=args.grace, dry_run=args.dry_run, stores=tuple(args.store) or None)
     verb = "would delete" if args.dry_run else "deleted"
     for name, report in reports.items():
-        print(f"{name}: {len(report['orphaned'])} unreferenced, {verb} {len(report['deleted'])} "
-              f"({report['bytes_freed'] / 1e6:.1f} MB), kept {len(report['kept'])} younger than "
-              f"{report['min_age']:.0f} s")
+        print(
+            f"{name}: {len(report['orphaned'])} unreferenced, {verb} {len(report['deleted'])} "
+            f"({report['bytes_freed'] / 1e6:.1f} MB), kept {len(report['kept'])} younger than "
+            f"{report['min_age']:.0f} s"
+        )
     return 0
 
 
@@ -318,9 +355,14 @@ def _report(args: argparse.Namespace) -> int:
     from .restrictions import typed_restriction
 
     schemas.activate(args.prefix)
-    kind = args.kind or ("model" if any(p.split("=")[0] in sysid.TrainedModel.heading.names
-                                        and p.split("=")[0] not in imaging.Scan.heading.names for p in args.key)
-                         else "scan")
+    kind = args.kind or (
+        "model"
+        if any(
+            p.split("=")[0] in sysid.TrainedModel.heading.names and p.split("=")[0] not in imaging.Scan.heading.names
+            for p in args.key
+        )
+        else "scan"
+    )
     table = sysid.TrainedModel if kind == "model" else imaging.Traces
     path = report.write_report(typed_restriction(table, args.key), args.out, kind=kind, device=args.device)
     print(f"wrote {path}")
@@ -369,7 +411,11 @@ def _retrain(args: argparse.Namespace) -> int:
 
 def _modules_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--module", dest="modules", action="append", default=None, metavar="MODULE",
+        "--module",
+        dest="modules",
+        action="append",
+        default=None,
+        metavar="MODULE",
         help="an extra schema module whose tables to include (a lab's own tables; repeatable; "
         "default $PIPELINE_MODULES, comma-separated)",
     )
@@ -378,28 +424,56 @@ def _modules_option(parser: argparse.ArgumentParser) -> None:
 def _worker_arguments(parser: argparse.ArgumentParser) -> None:
     _modules_option(parser)
     parser.add_argument("--tables", nargs="+", metavar="TABLE", help="only these tables (class names)")
-    parser.add_argument("--restrict", nargs="+", default=[], metavar="ATTR=VALUE",
-                        help="only keys matching these (tables without these attributes are left alone)")
+    parser.add_argument(
+        "--restrict",
+        nargs="+",
+        default=[],
+        metavar="ATTR=VALUE",
+        help="only keys matching these (tables without these attributes are left alone)",
+    )
     parser.add_argument("--priority", type=int, help="only jobs of this priority or more urgent (lower number)")
     parser.add_argument("--max-jobs", type=int, help="exit after this many jobs")
     parser.add_argument("--exit-when-idle", action="store_true", help="exit when nothing is pending or reserved")
-    parser.add_argument("--gpu", help="the GPU this worker uses (an index; 'none' for CPU only); default: "
-                        "the scheduler's CUDA_VISIBLE_DEVICES / SLURM_LOCALID")
-    parser.add_argument("--batch", type=int, help="keys listed per populate call (default: about 2 s of work, "
-                        "from the mean job duration, 1 to 50)")
+    parser.add_argument(
+        "--gpu",
+        help="the GPU this worker uses (an index; 'none' for CPU only); default: "
+        "the scheduler's CUDA_VISIBLE_DEVICES / SLURM_LOCALID",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        help="keys listed per populate call (default: about 2 s of work, from the mean job duration, 1 to 50)",
+    )
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between looks when idle (default 2)")
     parser.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats (default 10)")
-    parser.add_argument("--heartbeat-timeout", type=float, default=60.0,
-                        help="a worker silent this long is dead and its jobs go back to pending (default 60)")
-    parser.add_argument("--controller-interval", type=float, default=30.0,
-                        help="seconds between this worker's recovery passes (default 30)")
-    parser.add_argument("--refresh-interval", type=float, default=5.0,
-                        help="seconds between refreshes of a table's queue (default 5)")
-    parser.add_argument("--grace", type=float, default=30.0,
-                        help="seconds a stopping worker gives its job before putting it back (default 30)")
-    parser.add_argument("--give-up-after", type=float, default=3600.0,
-                        help="seconds without a reachable database before the worker exits with status 3; it "
-                        "waits and reconnects until then (default 3600; 0 = never give up)")
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=60.0,
+        help="a worker silent this long is dead and its jobs go back to pending (default 60)",
+    )
+    parser.add_argument(
+        "--controller-interval",
+        type=float,
+        default=30.0,
+        help="seconds between this worker's recovery passes (default 30)",
+    )
+    parser.add_argument(
+        "--refresh-interval", type=float, default=5.0, help="seconds between refreshes of a table's queue (default 5)"
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds a stopping worker gives its job before putting it back (default 30)",
+    )
+    parser.add_argument(
+        "--give-up-after",
+        type=float,
+        default=3600.0,
+        help="seconds without a reachable database before the worker exits with status 3; it "
+        "waits and reconnects until then (default 3600; 0 = never give up)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -407,33 +481,44 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pipeline",
         description="Two-photon scans to trained models of visual cortex, on DataJoint.",
     )
-    parser.add_argument("--prefix", default=None,
-                        help="schema-name prefix (default: $PIPELINE_PREFIX or 'v1_'; lower-case letters, digits, _)")
+    parser.add_argument(
+        "--prefix",
+        default=None,
+        help="schema-name prefix (default: $PIPELINE_PREFIX or 'v1_'; lower-case letters, digits, _)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    db = sub.add_parser("db", help="the database: status, start, stop", description=(
-        "Where the pipeline connects: the lab server from DataJoint's settings (DJ_HOST, "
-        "datajoint.json, .secrets/) or else the embedded PostgreSQL server in $PIPELINE_HOME."))
+    db = sub.add_parser(
+        "db",
+        help="the database: status, start, stop",
+        description=(
+            "Where the pipeline connects: the lab server from DataJoint's settings (DJ_HOST, "
+            "datajoint.json, .secrets/) or else the embedded PostgreSQL server in $PIPELINE_HOME."
+        ),
+    )
     db.add_argument("action", choices=["status", "start", "stop"], help="what to do")
     db.set_defaults(func=_db)
 
     from .demo import SIZES
 
     demo = sub.add_parser(
-        "demo", help="run the main job end to end on a simulated experiment",
+        "demo",
+        help="run the main job end to end on a simulated experiment",
         description="Simulate a scan of cells viewing natural images (with behaviour) and a population dataset, "
         "populate every table from ScanInfo to TrainedModel and Score, and print the results against the "
         "simulation's ground truth. Rerunning computes only what is missing.",
     )
     demo.add_argument("--size", choices=sorted(SIZES), default="full", help="data size (default: full)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the simulation (default: 0)")
-    demo.add_argument("--workers", type=int, default=1,
-                      help="populate through N worker processes (default: 1, in this process)")
+    demo.add_argument(
+        "--workers", type=int, default=1, help="populate through N worker processes (default: 1, in this process)"
+    )
     demo.set_defaults(func=_demo)
 
     ingest = sub.add_parser(
-        "ingest", help="register your own scan with its stimulus trials, images and behaviour",
+        "ingest",
+        help="register your own scan with its stimulus trials, images and behaviour",
         description="Copy MOVIE into the raw store (unless it is there), insert its Session, Scan, stimulus "
         "images, trials (onsets in seconds converted with the file's frame timing) and behaviour, and the default "
         "parameter set of every step. File layouts: README, 'Your own experiment'.",
@@ -442,8 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--animal-id", type=int, required=True, help="the animal's id")
     ingest.add_argument("--session", type=int, required=True, help="the session of the animal")
     ingest.add_argument("--scan-idx", type=int, required=True, help="the scan within the session")
-    ingest.add_argument("--trials", help="trial file, .csv or .json (trial_idx, image_id, onset_frame|onset_time, "
-                        "duration_frames|duration_time, optional tier)")
+    ingest.add_argument(
+        "--trials",
+        help="trial file, .csv or .json (trial_idx, image_id, onset_frame|onset_time, "
+        "duration_frames|duration_time, optional tier)",
+    )
     ingest.add_argument("--images", help="folder of <image_id>.npy / .png stimulus images")
     ingest.add_argument("--behavior", help="behaviour CSV (running, pupil_radius, pupil_x, pupil_y, optional time)")
     ingest.add_argument("--frame-rate", type=float, help="Hz, for a file whose header has none")
@@ -455,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=_ingest)
 
     export = sub.add_parser(
-        "export-nwb", help="write a scan's cells, traces, spikes and trials to an NWB file",
+        "export-nwb",
+        help="write a scan's cells, traces, spikes and trials to an NWB file",
         description="Export the one Traces row matching KEY (attr=value pairs, e.g. animal_id=7 session=1 "
         "scan_idx=1) with its masks, fluorescence, dF/F, inferred spikes and stimulus trials to PATH (pynwb).",
     )
@@ -465,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_export_nwb)
 
     worker = sub.add_parser(
-        "worker", help="compute jobs of the auto-populated tables until stopped",
+        "worker",
+        help="compute jobs of the auto-populated tables until stopped",
         description="Walk the auto-populated tables in dependency order and populate them with reserved jobs, "
         "again and again. SIGTERM/SIGINT: finish or put back the current job within --grace seconds, then exit. "
         "A database that goes away is waited for (one log line per attempt) for up to --give-up-after seconds.",
@@ -474,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=_worker)
 
     controller = sub.add_parser(
-        "controller", help="create jobs tables, refresh queues, recover dead workers' jobs",
+        "controller",
+        help="create jobs tables, refresh queues, recover dead workers' jobs",
         description="Create missing jobs tables, add ready keys to the queues and put back to pending the jobs "
         "of workers whose heartbeat is older than --heartbeat-timeout.",
     )
@@ -487,14 +578,18 @@ def build_parser() -> argparse.ArgumentParser:
     controller.set_defaults(func=_controller)
 
     launch = sub.add_parser(
-        "launch", help="start N local workers, or a SLURM job array of workers",
+        "launch",
+        help="start N local workers, or a SLURM job array of workers",
         description="Local: one worker per GPU (or per CPU core when there is none), waiting for them all. "
         "--cluster slurm: a job array through submitit, one GPU per worker.",
     )
     launch.add_argument("-n", "--workers", type=int, help="how many workers (default: GPUs, else CPU cores)")
     launch.add_argument("--gpus", help="local GPU indices to use, comma-separated (default: all)")
-    launch.add_argument("--cluster", choices=["slurm", "local", "debug"],
-                        help="submit through submitit instead of starting subprocesses")
+    launch.add_argument(
+        "--cluster",
+        choices=["slurm", "local", "debug"],
+        help="submit through submitit instead of starting subprocesses",
+    )
     launch.add_argument("--partition", help="SLURM partition")
     launch.add_argument("--walltime", type=float, default=240, help="minutes per worker job (default 240)")
     launch.add_argument("--gpus-per-worker", type=int, default=1, help="GPUs per array element (default 1; 0 = CPU)")
@@ -515,20 +610,26 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_status)
 
     jobs = sub.add_parser(
-        "jobs", help="list errored jobs with their messages; `jobs retry` puts them back",
+        "jobs",
+        help="list errored jobs with their messages; `jobs retry` puts them back",
         description="`pipeline jobs [TABLE ...] [attr=value ...]` lists errors (read-only); `pipeline jobs retry "
         "[TABLE ...] [attr=value ...]` puts them back to pending. Attributes are those of the jobs' keys.",
     )
     _modules_option(jobs)
-    jobs.add_argument("args", nargs="*", metavar="[retry] TABLE|ATTR=VALUE",
-                      help="'retry' to put errors back, then tables and attr=value restrictions")
+    jobs.add_argument(
+        "args",
+        nargs="*",
+        metavar="[retry] TABLE|ATTR=VALUE",
+        help="'retry' to put errors back, then tables and attr=value restrictions",
+    )
     jobs.add_argument("--traceback", action="store_true", help="show each error's traceback")
     jobs.set_defaults(func=_jobs)
 
     from .sysid import REPRODUCE_TOLERANCE
 
     reproduce = sub.add_parser(
-        "reproduce", help="rebuild trained models from their keys and recompute their scores",
+        "reproduce",
+        help="rebuild trained models from their keys and recompute their scores",
         description="Rebuild the dataset and model of every TrainedModel matching KEY (attr=value pairs, e.g. "
         "dataset_id=sim seed=0), load its stored weights, recompute the test scores and compare them with the "
         "stored Score. Exit code 1 if any differs by more than --tolerance.",
@@ -539,18 +640,24 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.set_defaults(func=_reproduce)
 
     gc = sub.add_parser(
-        "gc", help="remove stored files that no row references (safe while workers run)",
+        "gc",
+        help="remove stored files that no row references (safe while workers run)",
         description="Remove files of every store (raw, movies, models) that no row references, once older than "
         "--grace seconds and older than the oldest reserved job (an insert in progress writes its files first).",
     )
-    gc.add_argument("--grace", type=float, default=None,
-                    help="seconds a file must be old to go (default $PIPELINE_GC_GRACE, else one day)")
+    gc.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="seconds a file must be old to go (default $PIPELINE_GC_GRACE, else one day)",
+    )
     gc.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     gc.add_argument("--store", action="append", default=[], metavar="NAME", help="only this store (repeatable)")
     gc.set_defaults(func=_gc)
 
     report = sub.add_parser(
-        "report", help="a one-page summary (PNG or HTML) of a scan or a trained model",
+        "report",
+        help="a one-page summary (PNG or HTML) of a scan or a trained model",
         description="Draw the processing of one scan (cells over the mean image, correlation image, motion, "
         "traces) or one trained model (learning curve, per-unit scores, predicted vs recorded responses, "
         "readout positions) into --out (.png or .html).",
@@ -561,9 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--device", default="cpu", help="device for a model's predictions (default cpu)")
     report.set_defaults(func=_report)
 
-
     retrain = sub.add_parser(
-        "retrain", help="train models again from scratch and compare weights and scores with the stored ones",
+        "retrain",
+        help="train models again from scratch and compare weights and scores with the stored ones",
         description="Train every TrainedModel matching KEY (attr=value pairs) again from its builders, configs and "
         "seed, score it, and compare its weights, validation score and test scores with the stored ones. Exit "
         "code 1 if any differs by more than --tolerance (expect exact equality on the machine and device it was "
@@ -571,8 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retrain.add_argument("key", nargs="+", metavar="KEY", help="attr=value restriction(s) of TrainedModel")
     retrain.add_argument("--device", default=None, help="where to score: cpu or cuda (default: cuda when available)")
-    retrain.add_argument("--tolerance", type=float, default=REPRODUCE_TOLERANCE,
-                         help="allowed difference of weights and scores")
+    retrain.add_argument(
+        "--tolerance", type=float, default=REPRODUCE_TOLERANCE, help="allowed difference of weights and scores"
+    )
     retrain.set_defaults(func=_retrain)
     return parser
 
@@ -606,8 +714,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         sys.stdout.flush()
         return code
-    except (DatabaseUnavailable, RestrictionError, SelectionError, ReportError, schemas.PrefixError, schemas.LabModuleError,
-            schemas.SchemasMissing) as error:
+    except (
+        DatabaseUnavailable,
+        RestrictionError,
+        SelectionError,
+        ReportError,
+        schemas.PrefixError,
+        schemas.LabModuleError,
+        schemas.SchemasMissing,
+    ) as error:
         print(f"pipeline {args.command}: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:

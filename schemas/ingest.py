@@ -77,8 +77,9 @@ def insert_default_parameters(spike_methods: tuple = DEFAULT_SPIKE_METHODS) -> d
 
     return {
         "imaging": imaging.insert_default_params(),
-        "spikes": [spikes.SpikeMethod.insert_method(builder, config, note="default")
-                   for builder, config in spike_methods],
+        "spikes": [
+            spikes.SpikeMethod.insert_method(builder, config, note="default") for builder, config in spike_methods
+        ],
         "window": params.insert_config(sysid.ResponseWindow, "window_mean", {}, note="default"),
     }
 
@@ -112,8 +113,10 @@ def place_in_raw_store(movie: str | Path, key: dict) -> str:
     destination = store / relative
     if destination.exists():
         if not filecmp.cmp(movie, destination, shallow=False):
-            raise IngestError(f"{destination} exists in the raw store and differs from {movie} (expected the same "
-                              "file, or another scan key)")
+            raise IngestError(
+                f"{destination} exists in the raw store and differs from {movie} (expected the same "
+                "file, or another scan key)"
+            )
         return relative
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".partial")
@@ -178,8 +181,10 @@ def ingest_scan(
 
     key = scan_key(animal_id, session, scan_idx)
     if imaging.Scan & key:
-        raise IngestError(f"{imaging.describe(key)} is already registered (file "
-                          f"{(imaging.Scan & key).fetch1('filename').path!r}); delete it first to ingest it again")
+        raise IngestError(
+            f"{imaging.describe(key)} is already registered (file "
+            f"{(imaging.Scan & key).fetch1('filename').path!r}); delete it first to ingest it again"
+        )
     relative = place_in_raw_store(movie, key)
     path = imaging.raw_store_location() / relative
     try:
@@ -201,8 +206,18 @@ def ingest_scan(
     result.new_images = _insert_images(new_images)
     with imaging.Scan.connection.transaction:
         imaging.ensure_session(key)
-        imaging.Scan.insert1({**key, "filename": relative, "acquisition": acquisition, "channel": channel,
-                              "field": field, "frame_rate": frame_rate, "axes": axes or "", "note": note})
+        imaging.Scan.insert1(
+            {
+                **key,
+                "filename": relative,
+                "acquisition": acquisition,
+                "channel": channel,
+                "field": field,
+                "frame_rate": frame_rate,
+                "axes": axes or "",
+                "note": note,
+            }
+        )
         imaging.Trial.insert(trial_rows)
         imaging.TrialTier.insert(tier_rows)
         if behavior_row is not None:
@@ -218,11 +233,15 @@ def _check_frame_rate(key: dict, info, frame_rate: float | None) -> None:
     if frame_rate is not None and (not np.isfinite(frame_rate) or frame_rate <= 0):
         raise IngestError(f"{imaging.describe(key)}: frame rate {frame_rate!r} (expected a number > 0 Hz)")
     if info.fps and frame_rate is not None and abs(frame_rate - info.fps) > _RATE_TOLERANCE * info.fps:
-        raise IngestError(f"{imaging.describe(key)}: frame rate {frame_rate:g} Hz given but the file's header says "
-                          f"{info.fps:g} Hz (expected no frame rate, or the header's)")
+        raise IngestError(
+            f"{imaging.describe(key)}: frame rate {frame_rate:g} Hz given but the file's header says "
+            f"{info.fps:g} Hz (expected no frame rate, or the header's)"
+        )
     if not info.fps and frame_rate is None:
-        raise IngestError(f"{imaging.describe(key)}: the file's header ({info.software}) has no frame rate "
-                          "(expected --frame-rate / frame_rate in Hz)")
+        raise IngestError(
+            f"{imaging.describe(key)}: the file's header ({info.software}) has no frame rate "
+            "(expected --frame-rate / frame_rate in Hz)"
+        )
 
 
 def _frame_times(key: dict, path: Path, *, frame_rate: float | None, channel: int, field: int, axes: str | None):
@@ -261,15 +280,19 @@ def _trial_rows(key: dict, scan: dict, trials_file: str | Path, nframes: int) ->
     late = np.flatnonzero(end > nframes)
     if late.size:
         i = late[0]
-        raise IngestError(f"{imaging.describe(key)}: {trials_file}: trial {trials.trial_idx[i]} spans frames "
-                          f"{onset[i]}..{end[i] - 1} (expected within the movie's {nframes} frames)")
+        raise IngestError(
+            f"{imaging.describe(key)}: {trials_file}: trial {trials.trial_idx[i]} spans frames "
+            f"{onset[i]}..{end[i] - 1} (expected within the movie's {nframes} frames)"
+        )
     rows = [
         {**key, "trial_idx": int(t), "image_id": int(i), "onset_frame": int(o), "duration_frames": int(d)}
         for t, i, o, d in zip(trials.trial_idx, trials.image_id, onset, duration)
     ]
-    tiers = [] if trials.tier is None else [
-        {**key, "trial_idx": int(t), "tier": str(tier)} for t, tier in zip(trials.trial_idx, trials.tier)
-    ]
+    tiers = (
+        []
+        if trials.tier is None
+        else [{**key, "trial_idx": int(t), "tier": str(tier)} for t, tier in zip(trials.trial_idx, trials.tier)]
+    )
     return rows, tiers, source
 
 
@@ -278,20 +301,25 @@ def _check_images(key: dict, new_images: dict, trial_rows: list) -> None:
     from . import imaging
 
     needed = sorted({row["image_id"] for row in trial_rows} - set(new_images))
-    stored = {k["image_id"] for k in (imaging.StimulusImage & [{"image_id": i} for i in needed]).keys()} \
-        if needed else set()
+    stored = (
+        {k["image_id"] for k in (imaging.StimulusImage & [{"image_id": i} for i in needed]).keys()} if needed else set()
+    )
     missing = [i for i in needed if i not in stored]
     if missing:
-        raise IngestError(f"{imaging.describe(key)}: trials show image id(s) {missing[:10]} that are neither in the "
-                          "images folder nor in StimulusImage (expected <image_id>.npy / .png for each)")
+        raise IngestError(
+            f"{imaging.describe(key)}: trials show image id(s) {missing[:10]} that are neither in the "
+            "images folder nor in StimulusImage (expected <image_id>.npy / .png for each)"
+        )
     clashing = []
     for row in (imaging.StimulusImage & [{"image_id": i} for i in new_images]).to_dicts() if new_images else []:
         given = new_images[int(row["image_id"])]
         if np.shape(row["image"]) != given.shape or not np.allclose(np.asarray(row["image"], np.float32), given):
             clashing.append(int(row["image_id"]))
     if clashing:
-        raise IngestError(f"{imaging.describe(key)}: image id(s) {clashing[:10]} are stored with other images "
-                          "(image ids are global across experiments; expected new ids for new images)")
+        raise IngestError(
+            f"{imaging.describe(key)}: image id(s) {clashing[:10]} are stored with other images "
+            "(image ids are global across experiments; expected new ids for new images)"
+        )
 
 
 def _insert_images(images: dict) -> int:

@@ -497,7 +497,7 @@ class EnsembleScore(dj.Computed):
     def make_fetch(self, key):
         rows = (Ensemble.Member & key).to_dicts(order_by="seed")
         first = {**key, "seed": rows[0]["seed"]}
-        _, dataset_config, _, model_config, _ = sysid._builders(first)
+        dataset_config, model_config, _ = sysid._configs(first)
         names = ((sysid.DatasetConfig & key).fetch1("builder"), (sysid.ModelConfig & key).fetch1("builder"))
         weights = [(sysid.TrainedModel & {**key, "seed": r["seed"]}).fetch1("weights").read() for r in rows]
         members = [(int(r["seed"]), values.bytes_as_text(w)) for r, w in zip(rows, weights)]

@@ -70,8 +70,7 @@ def build_nwbfile(traces_key: dict):
     info = (imaging.ScanInfo & traces_key).fetch1()
     start, start_note = _session_start(traces_key)
     nwbfile = NWBFile(
-        session_description=f"{imaging.describe(traces_key)}: {scan['acquisition'] or 'two-photon scan'}"
-        f"{start_note}",
+        session_description=f"{imaging.describe(traces_key)}: {scan['acquisition'] or 'two-photon scan'}{start_note}",
         identifier=_identifier(traces_key),
         session_start_time=start,
         session_id=f"{traces_key['animal_id']}/{traces_key['session']}",
@@ -84,8 +83,16 @@ def build_nwbfile(traces_key: dict):
     units = (imaging.Traces.Unit & traces_key).to_dicts(order_by="unit_id")
     fps = float(info["fps"])
     region = rois.create_roi_table_region("every cell", region=list(range(len(units))))
-    _series(ophys, "Fluorescence", "fluorescence", np.stack([u["fluorescence"] for u in units], axis=1), region, fps,
-            "neuropil-corrected fluorescence", "a.u.")
+    _series(
+        ophys,
+        "Fluorescence",
+        "fluorescence",
+        np.stack([u["fluorescence"] for u in units], axis=1),
+        region,
+        fps,
+        "neuropil-corrected fluorescence",
+        "a.u.",
+    )
     _series(ophys, "DfOverF", "dff", np.stack([u["dff"] for u in units], axis=1), region, fps, "dF/F", "1")
     _spikes(ophys, traces_key, [u["unit_id"] for u in units], region, fps)
     _trials(nwbfile, traces_key, fps)
@@ -110,13 +117,20 @@ def _imaging_plane(nwbfile, info: dict, scan: dict):
     from pynwb.ophys import OpticalChannel
 
     device = nwbfile.create_device(name="microscope", description=info["software"])
-    channel = OpticalChannel(name=f"channel{scan['channel']}", description="the processed channel",
-                             emission_lambda=float("nan"))
+    channel = OpticalChannel(
+        name=f"channel{scan['channel']}", description="the processed channel", emission_lambda=float("nan")
+    )
     return nwbfile.create_imaging_plane(
-        name=f"field{scan['field']}", optical_channel=channel, imaging_rate=float(info["fps"]),
+        name=f"field{scan['field']}",
+        optical_channel=channel,
+        imaging_rate=float(info["fps"]),
         description=f"field {scan['field']} of the scan, {info['height']} x {info['width']} pixels",
-        device=device, excitation_lambda=float("nan"), indicator="unknown", location="unknown",
-        grid_spacing=[info["um_per_pixel"] or float("nan")] * 2, grid_spacing_unit="micrometers",
+        device=device,
+        excitation_lambda=float("nan"),
+        indicator="unknown",
+        location="unknown",
+        grid_spacing=[info["um_per_pixel"] or float("nan")] * 2,
+        grid_spacing_unit="micrometers",
     )
 
 
@@ -128,7 +142,8 @@ def _plane_segmentation(ophys, plane, key: dict, shape: tuple[int, int]):
     segmentation = ImageSegmentation()
     ophys.add(segmentation)
     rois = segmentation.create_plane_segmentation(
-        name="PlaneSegmentation", description="cell footprints (weights, peak 1)", imaging_plane=plane)
+        name="PlaneSegmentation", description="cell footprints (weights, peak 1)", imaging_plane=plane
+    )
     rois.add_column("mask_id", "Segmentation.Mask.mask_id of the cell (= Traces.Unit.unit_id)")
     mask_ids, weights = imaging.Segmentation.weights((imaging.Segmentation & key).fetch1("KEY"), shape)
     for mask_id, image_mask in zip(mask_ids, weights):
@@ -141,8 +156,15 @@ def _series(ophys, container: str, name: str, data: np.ndarray, region, fps: flo
 
     interface = {"Fluorescence": Fluorescence, "DfOverF": DfOverF}[container](name=container)
     ophys.add(interface)
-    interface.create_roi_response_series(name=name, data=data.astype(np.float32), rois=region, unit=unit,
-                                         rate=fps, starting_time=0.0, description=description)
+    interface.create_roi_response_series(
+        name=name,
+        data=data.astype(np.float32),
+        rois=region,
+        unit=unit,
+        rate=fps,
+        starting_time=0.0,
+        description=description,
+    )
 
 
 def _spikes(ophys, key: dict, unit_ids: list, region, fps: float) -> None:
@@ -160,8 +182,14 @@ def _spikes(ophys, key: dict, unit_ids: list, region, fps: float) -> None:
         by_unit = {u["unit_id"]: u["spikes"] for u in (spikes.Activity.Unit & method & key).to_dicts()}
         data = np.stack([np.asarray(by_unit[u], np.float32) for u in unit_ids], axis=1)
         interface.create_roi_response_series(
-            name=f"spikes_{method['spike_method_hash'][:8]}", data=data, rois=region, unit="spikes per frame",
-            rate=fps, starting_time=0.0, description=f"{row['builder']} {row['config']}")
+            name=f"spikes_{method['spike_method_hash'][:8]}",
+            data=data,
+            rois=region,
+            unit="spikes per frame",
+            rate=fps,
+            starting_time=0.0,
+            description=f"{row['builder']} {row['config']}",
+        )
 
 
 def _trials(nwbfile, key: dict, fps: float) -> None:
@@ -170,11 +198,16 @@ def _trials(nwbfile, key: dict, fps: float) -> None:
     trials = (imaging.Trial & key).to_dicts(order_by="trial_idx")
     if not trials:
         return
-    for name, description in (("trial_idx", "Trial.trial_idx"), ("image_id", "global stimulus image id"),
-                              ("onset_frame", "first frame of the presentation"),
-                              ("duration_frames", "frames the image was shown")):
+    for name, description in (
+        ("trial_idx", "Trial.trial_idx"),
+        ("image_id", "global stimulus image id"),
+        ("onset_frame", "first frame of the presentation"),
+        ("duration_frames", "frames the image was shown"),
+    ):
         nwbfile.add_trial_column(name=name, description=description)
     for t in trials:
-        nwbfile.add_trial(start_time=t["onset_frame"] / fps,
-                          stop_time=(t["onset_frame"] + t["duration_frames"]) / fps,
-                          **{k: int(t[k]) for k in ("trial_idx", "image_id", "onset_frame", "duration_frames")})
+        nwbfile.add_trial(
+            start_time=t["onset_frame"] / fps,
+            stop_time=(t["onset_frame"] + t["duration_frames"]) / fps,
+            **{k: int(t[k]) for k in ("trial_idx", "image_id", "onset_frame", "duration_frames")},
+        )

@@ -64,8 +64,15 @@ def model_figure(key: dict, device: str | None = "cpu"):
     positions = None
     if readout is not None and hasattr(readout, "mu"):
         positions = readout.mu.detach().cpu().reshape(-1, 2).clamp(-1, 1).numpy()
-    return figures.model_figure(output.get("history", []), scores, responses, predictions, image_ids,
-                                positions=positions, title=describe_key(full))
+    return figures.model_figure(
+        output.get("history", []),
+        scores,
+        responses,
+        predictions,
+        image_ids,
+        positions=positions,
+        title=describe_key(full),
+    )
 
 
 def write_report(key: dict, path: str | Path, kind: str = "scan", device: str | None = "cpu") -> Path:
@@ -98,6 +105,8 @@ def write_report(key: dict, path: str | Path, kind: str = "scan", device: str | 
 def _html(kind: str, key: dict[str, Any], png: bytes) -> str:
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in key.items())
     image = base64.b64encode(png).decode("ascii")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{kind} report</title></head><body>"
-            f"<h1>{kind} report</h1><table>{rows}</table><img src='data:image/png;base64,{image}' "
-            "style='max-width:100%'></body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{kind} report</title></head><body>"
+        f"<h1>{kind} report</h1><table>{rows}</table><img src='data:image/png;base64,{image}' "
+        "style='max-width:100%'></body></html>"
+    )

@@ -68,14 +68,14 @@ def typed_restriction(table, pairs: Sequence[str] | dict[str, str], *, allow_mis
         if name not in heading.names:
             if allow_missing:
                 continue
-            raise RestrictionError(
-                f"{where} has no attribute {name!r} (its attributes: {', '.join(heading.names)})"
-            )
+            raise RestrictionError(f"{where} has no attribute {name!r} (its attributes: {', '.join(heading.names)})")
         out[name] = _typed(heading.attributes[name], value, where)
     return out
 
 
-def restrictions_per_table(tables: Sequence[type], pairs: Sequence[str], *, of_jobs: bool = False) -> dict[type, dict[str, Any]]:
+def restrictions_per_table(
+    tables: Sequence[type], pairs: Sequence[str], *, of_jobs: bool = False
+) -> dict[type, dict[str, Any]]:
     """One typed restriction per table for ``pairs`` shared by several tables.
 
     Every attribute must belong to at least one of ``tables``; a table that lacks an attribute
@@ -97,5 +97,7 @@ def restrictions_per_table(tables: Sequence[type], pairs: Sequence[str], *, of_j
     out = {}
     for cls in tables:
         if all(name in headings[cls].names for name in texts):
-            out[cls] = {name: _typed(headings[cls].attributes[name], value, cls.__name__) for name, value in texts.items()}
+            out[cls] = {
+                name: _typed(headings[cls].attributes[name], value, cls.__name__) for name, value in texts.items()
+            }
     return out

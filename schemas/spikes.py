@@ -52,13 +52,19 @@ class GroundTruth(dj.Manual):
     """
 
     @classmethod
-    def insert_recordings(cls, recordings: list, indicator: str = "", source: str = "", skip_duplicates: bool = False) -> int:
+    def insert_recordings(
+        cls, recordings: list, indicator: str = "", source: str = "", skip_duplicates: bool = False
+    ) -> int:
         """Insert ``pipeline.spikes.Recording`` objects (their dataset and name are the key)."""
         rows = [
             {
-                "truth_dataset": r.dataset, "recording": r.name, "fps": float(r.fps),
-                "calcium": r.calcium.astype(np.float32), "spikes": r.spikes.astype(np.float32),
-                "indicator": indicator, "source": source or r.name,
+                "truth_dataset": r.dataset,
+                "recording": r.name,
+                "fps": float(r.fps),
+                "calcium": r.calcium.astype(np.float32),
+                "spikes": r.spikes.astype(np.float32),
+                "indicator": indicator,
+                "source": source or r.name,
             }
             for r in recordings
         ]
@@ -66,7 +72,9 @@ class GroundTruth(dj.Manual):
         return len(rows)
 
     @classmethod
-    def import_spikefinder(cls, calcium_csv: str | Path, spikes_csv: str | Path, dataset: str, indicator: str = "") -> int:
+    def import_spikefinder(
+        cls, calcium_csv: str | Path, spikes_csv: str | Path, dataset: str, indicator: str = ""
+    ) -> int:
         """Import one spikefinder dataset (``N.*.calcium.csv`` and ``N.*.spikes.csv``, 100 Hz)."""
         recordings = spikes.read_spikefinder(calcium_csv, spikes_csv, dataset=dataset)
         return cls.insert_recordings(recordings, indicator, Path(calcium_csv).name)
@@ -171,7 +179,9 @@ class SpikeModel(dj.Computed):
         if not rows:
             raise ValueError(f"training set {key['training_set']!r} has no ground-truth recordings")
         recordings = [
-            spikes.Recording(values.text_as_array(calcium), values.text_as_array(counts), fps, dataset=dataset, name=name)
+            spikes.Recording(
+                values.text_as_array(calcium), values.text_as_array(counts), fps, dataset=dataset, name=name
+            )
             for dataset, name, fps, calcium, counts in rows
         ]
         training = {k: v for k, v in config.items() if k != "training_set"}
@@ -183,10 +193,23 @@ class SpikeModel(dj.Computed):
     def make_insert(self, key, weights, network, score, n_recordings, wall_seconds):
         import torch
 
-        versions = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-                    "host": platform.node()}
-        self.insert1({**key, "weights": weights, "network": network, "training_correlation": float(score),
-                      "n_recordings": int(n_recordings), "wall_seconds": float(wall_seconds), "versions": versions})
+        versions = {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+            "host": platform.node(),
+        }
+        self.insert1(
+            {
+                **key,
+                "weights": weights,
+                "network": network,
+                "training_correlation": float(score),
+                "n_recordings": int(n_recordings),
+                "wall_seconds": float(wall_seconds),
+                "versions": versions,
+            }
+        )
 
     @staticmethod
     def load_model(key: dict) -> spikes.SpikeModel:
@@ -222,8 +245,8 @@ class Activity(dj.Computed):
             {"spike_method_hash": row["spike_method_hash"]}
             for row in SpikeMethod.to_dicts()
             if row["builder"] != "supervised"
-            or SpikeModel & {"spike_method_hash": row["spike_method_hash"],
-                             "training_set": _method_config(row)["training_set"]}
+            or SpikeModel
+            & {"spike_method_hash": row["spike_method_hash"], "training_set": _method_config(row)["training_set"]}
         ]
         return (imaging.Traces.proj() * SpikeMethod.proj()) & ready
 

@@ -294,7 +294,9 @@ def _collect_store(collector: dj.gc.GarbageCollector, min_age: float, dry_run: b
     backend = collector.backend
     out = {"orphaned": [], "deleted": [], "kept": [], "bytes_freed": 0, "min_age": min_age}
     now = time.time()
-    orphans = [(p, "hash") for p in scan["orphaned_hash_paths"]] + [(p, "schema") for p in scan["orphaned_schema_paths"]]
+    orphans = [(p, "hash") for p in scan["orphaned_hash_paths"]] + [
+        (p, "schema") for p in scan["orphaned_schema_paths"]
+    ]
     for path, section in orphans:
         out["orphaned"].append(path)
         try:

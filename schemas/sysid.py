@@ -35,7 +35,9 @@ REPRODUCE_TOLERANCE = 1e-5
 
 @schema
 class DatasetConfig(params.ConfigTable, dj.Lookup):
-    definition = params.config_definition("dataset_config", "how a dataset is read: tiers, normalization, selection, batch size")
+    definition = params.config_definition(
+        "dataset_config", "how a dataset is read: tiers, normalization, selection, batch size"
+    )
     builder_kind = "dataset"
 
 
@@ -68,6 +70,7 @@ class Seed(dj.Lookup):
 class ResponseWindow(params.ConfigTable, dj.Lookup):
     definition = params.config_definition("response_window", "how a trial's response is taken from activity")
     builder_kind = "response"
+
 
 @schema
 class TrialResponses(dj.Computed):
@@ -131,8 +134,6 @@ class TrialResponses(dj.Computed):
                 }
             )
         self.Trial.insert(rows)
-
-
 
 
 # --------------------------------------------------------------------------------------- #
@@ -211,8 +212,10 @@ def _lab_tiers(key: dict, trial_idx: list) -> np.ndarray | None:
         return None
     missing = [t for t in trial_idx if t not in given]
     if missing:
-        raise ValueError(f"{imaging.describe(key)}: TrialTier has no tier for trial(s) {missing[:10]} (expected a "
-                         "tier for every trial, or none)")
+        raise ValueError(
+            f"{imaging.describe(key)}: TrialTier has no tier for trial(s) {missing[:10]} (expected a "
+            "tier for every trial, or none)"
+        )
     return np.array([given[t] for t in trial_idx])
 
 
@@ -252,9 +255,7 @@ def dataset_from_responses(
         folder = data.write_filetree(Path(tmp) / dataset_id, tree)
         connection = Dataset.connection
         with connection.transaction:
-            Dataset.insert1(
-                {**_dataset_row(tree, dataset_id, "trial_responses", note), "filetree": str(folder)}
-            )
+            Dataset.insert1({**_dataset_row(tree, dataset_id, "trial_responses", note), "filetree": str(folder)})
             DatasetSource.insert1({"dataset_id": dataset_id, **source_key})
     stores.follow_permissions((Dataset & {"dataset_id": dataset_id}).fetch1("filetree"))
     return {"dataset_id": dataset_id}
@@ -273,16 +274,20 @@ def export_dataset(key: dict, destination: str | os.PathLike, *, overwrite: bool
 # --------------------------------------------------------------------------------------- #
 
 
-def _builders(key: dict) -> tuple:
-    """(dataset_fn, dataset_config with folder, model_fn, model_config, seed) of a model key."""
+def _configs(key: dict) -> tuple[dict, dict, int]:
+    """(dataset config with the dataset's local folder, model config, seed) of a model key.
+
+    Configs only: the builders are resolved where they run (``make_compute``), by name, so that
+    what ``make_fetch`` returns stays hashable and comparable.
+    """
     from pipeline.sysid import fitting
 
     dataset_id = (Dataset & key).fetch1("dataset_id")
     folder = str(stores.local_path((Dataset & key).fetch1("filetree")))
-    dataset_fn, dataset_config = params.load_config(DatasetConfig, key)
-    model_fn, model_config = params.load_config(ModelConfig, key)
+    dataset_config = values.json_value((DatasetConfig & key).fetch1("config"))
+    model_config = values.json_value((ModelConfig & key).fetch1("config"))
     dataset_config = fitting.dataset_config_with_paths(dataset_config, [folder], [dataset_id])
-    return dataset_fn, dataset_config, model_fn, model_config, int(key["seed"])
+    return dataset_config, model_config, int(key["seed"])
 
 
 @schema
@@ -309,8 +314,8 @@ class TrainedModel(dj.Computed):
         return modelling.restrict_to_sweeps(super().key_source)
 
     def make_fetch(self, key):
-        dataset_fn, dataset_config, model_fn, model_config, seed = _builders(key)
-        trainer_fn, trainer_config = params.load_config(TrainerConfig, key)
+        dataset_config, model_config, seed = _configs(key)
+        trainer_config = values.json_value((TrainerConfig & key).fetch1("config"))
         names = (
             (DatasetConfig & key).fetch1("builder"),
             (ModelConfig & key).fetch1("builder"),
@@ -338,9 +343,7 @@ class TrainedModel(dj.Computed):
         return fit.score, fit.output, fitting.state_dict_bytes(fit.state_dict), fit.provenance
 
     def make_insert(self, key, score, output, weights, provenance):
-        self.insert1(
-            {**key, "score": score, "output": output, "weights": (".pt", weights), "provenance": provenance}
-        )
+        self.insert1({**key, "score": score, "output": output, "weights": (".pt", weights), "provenance": provenance})
         from . import checkpoints
 
         checkpoints.for_job(self, key).remove()  # the result is stored: nothing to resume any more
@@ -378,7 +381,7 @@ class Score(dj.Computed):
         """
 
     def make_fetch(self, key):
-        dataset_fn, dataset_config, model_fn, model_config, seed = _builders(key)
+        dataset_config, model_config, seed = _configs(key)
         names = ((DatasetConfig & key).fetch1("builder"), (ModelConfig & key).fetch1("builder"))
         weights = (TrainedModel & key).fetch1("weights").read()
         return names, dataset_config, model_config, seed, values.bytes_as_text(weights)
@@ -441,7 +444,7 @@ def _one_model(key: dict) -> tuple[dict, tuple, dict, dict, int, bytes]:
     if len(rows) != 1:
         raise LookupError(f"{key} matches {len(rows)} trained models (expected exactly one)")
     (full,) = rows
-    _, dataset_config, _, model_config, seed = _builders(full)
+    dataset_config, model_config, seed = _configs(full)
     names = ((DatasetConfig & full).fetch1("builder"), (ModelConfig & full).fetch1("builder"))
     weights = (TrainedModel & full).fetch1("weights").read()
     return full, names, dataset_config, model_config, seed, weights

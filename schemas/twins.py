@@ -182,7 +182,9 @@ class Tuning(_Experiment, dj.Computed):
 
 @schema
 class KShotConfig(params.ConfigTable, dj.Lookup):
-    definition = params.config_definition("kshot", "how new neurons are predicted from K trials: the K values, draws, baseline")
+    definition = params.config_definition(
+        "kshot", "how new neurons are predicted from K trials: the K values, draws, baseline"
+    )
     builder_kind = "kshot"
 
 
@@ -208,11 +210,15 @@ def heldout_units(all_units: np.ndarray, dataset_config: dict, heldout: list[int
         seen = sorted(set(out.tolist()) & trained)
         missing = sorted(set(out.tolist()) - set(all_units.tolist()))
         if seen or missing:
-            raise ValueError(f"K-shot heldout units {seen} were used in training and {missing} are not in the dataset "
-                             "(expected units of the dataset outside the dataset config's neuron_ids)")
+            raise ValueError(
+                f"K-shot heldout units {seen} were used in training and {missing} are not in the dataset "
+                "(expected units of the dataset outside the dataset config's neuron_ids)"
+            )
     if out.size == 0:
-        raise ValueError("K-shot score: no held-out units (the dataset config's neuron_ids leave none out; "
-                         "train on a subset of the units, or list heldout units in the K-shot config)")
+        raise ValueError(
+            "K-shot score: no held-out units (the dataset config's neuron_ids leave none out; "
+            "train on a subset of the units, or list heldout units in the K-shot config)"
+        )
     return out
 
 
@@ -263,8 +269,11 @@ class KShotScore(dj.Computed):
         data_key = key["dataset_id"]
         all_units = np.asarray(every["train"][data_key].dataset.unit_ids, dtype=np.int64)
         units = heldout_units(all_units, dataset_config, config.get("heldout"))
-        columns = np.searchsorted(all_units, units) if np.all(np.diff(all_units) > 0) else np.array(
-            [int(np.flatnonzero(all_units == u)[0]) for u in units])
+        columns = (
+            np.searchsorted(all_units, units)
+            if np.all(np.diff(all_units) > 0)
+            else np.array([int(np.flatnonzero(all_units == u)[0]) for u in units])
+        )
         context = kshot.loader_arrays(every["train"][data_key], columns)
         test = kshot.loader_arrays(every["test"][data_key], columns)
         points = identity.resolve("kshot", builder)(model, context, test, int(seed), **config)

@@ -131,8 +131,9 @@ class PredictedResponses(dj.Computed):
         images = values.text_as_array(images)
         dataset_fn, model_fn = identity.resolve("dataset", names[0]), identity.resolve("model", names[1])
         if key["model_state"] == "trained":
-            model, loaders = fitting.rebuild(dataset_fn, dataset_config, model_fn, model_config, seed,
-                                             values.text_as_bytes(weights), device="cpu")
+            model, loaders = fitting.rebuild(
+                dataset_fn, dataset_config, model_fn, model_config, seed, values.text_as_bytes(weights), device="cpu"
+            )
         else:  # the builders seed the initialization: these are the weights training started from
             model, loaders = fitting.build(dataset_fn, dataset_config, model_fn, model_config, seed)
             model.eval()
@@ -142,8 +143,9 @@ class PredictedResponses(dj.Computed):
         return data_key, responses, unit_ids
 
     def make_insert(self, key, data_key, responses, unit_ids):
-        self.insert1({**key, "data_key": data_key, "n_neurons": responses.shape[1], "unit_ids": unit_ids,
-                      "responses": responses})
+        self.insert1(
+            {**key, "data_key": data_key, "n_neurons": responses.shape[1], "unit_ids": unit_ids, "responses": responses}
+        )
 
 
 @schema
@@ -188,8 +190,9 @@ def target_responses(key: dict) -> np.ndarray | None:
     source = NeuralTarget.Predicted & {k: key[k] for k in NeuralTarget.primary_key}
     if not source:
         return None
-    return np.asarray((PredictedResponses & source.proj(*PredictedResponses.primary_key)).fetch1("responses"),
-                      dtype=np.float32)
+    return np.asarray(
+        (PredictedResponses & source.proj(*PredictedResponses.primary_key)).fetch1("responses"), dtype=np.float32
+    )
 
 
 # --------------------------------------------------------------------------------------- #
@@ -284,8 +287,9 @@ class TrainedClassifier(dj.Computed):
         return fit.score, fit.output, fitting.state_dict_bytes(fit.state_dict), fit.provenance
 
     def make_insert(self, key, accuracy, output, weights, provenance):
-        self.insert1({**key, "accuracy": accuracy, "output": output, "weights": (".pt", weights),
-                      "provenance": provenance})
+        self.insert1(
+            {**key, "accuracy": accuracy, "output": output, "weights": (".pt", weights), "provenance": provenance}
+        )
 
     def delete(self, *args, **kwargs):
         """Delete rows (and their scores and students) and the stored weights of both."""
@@ -304,8 +308,15 @@ def _classifier_spec(key: dict) -> dict:
     dataset_config, arrays = _data_config(full)
     _, model_config = params.load_config(ClassifierConfig, full)
     weights = (TrainedClassifier & full).fetch1("weights").read()
-    return {"key": full, "names": _builder_names(full), "dataset_config": dataset_config, "arrays": arrays,
-            "model_config": model_config, "seed": int(full["seed"]), "weights": values.bytes_as_text(weights)}
+    return {
+        "key": full,
+        "names": _builder_names(full),
+        "dataset_config": dataset_config,
+        "arrays": arrays,
+        "model_config": model_config,
+        "seed": int(full["seed"]),
+        "weights": values.bytes_as_text(weights),
+    }
 
 
 def _rebuild_classifier(spec: dict, device: str | None = None) -> tuple:
@@ -368,15 +379,29 @@ class RobustnessScore(dj.Computed):
         return scores, len(test["labels"])
 
     def make_insert(self, key, scores, n_images):
-        self.insert1({**key, "clean_accuracy": scores["clean"], "pgd_accuracy": scores["pgd"]["accuracy"],
-                      "pgd_epsilon": float(scores["pgd"]["epsilon"]), "pgd_steps": int(scores["pgd"]["steps"]),
-                      "n_images": n_images})
+        self.insert1(
+            {
+                **key,
+                "clean_accuracy": scores["clean"],
+                "pgd_accuracy": scores["pgd"]["accuracy"],
+                "pgd_epsilon": float(scores["pgd"]["epsilon"]),
+                "pgd_steps": int(scores["pgd"]["steps"]),
+                "n_images": n_images,
+            }
+        )
         levels: dict[str, int] = {}
         rows = []
         for row in sorted(scores["distortions"], key=lambda r: (r["distortion"], r["strength"])):
             levels[row["distortion"]] = levels.get(row["distortion"], 0) + 1
-            rows.append({**key, "distortion": row["distortion"], "level": levels[row["distortion"]],
-                         "strength": row["strength"], "accuracy": row["accuracy"]})
+            rows.append(
+                {
+                    **key,
+                    "distortion": row["distortion"],
+                    "level": levels[row["distortion"]],
+                    "strength": row["strength"],
+                    "accuracy": row["accuracy"],
+                }
+            )
         self.Distortion.insert(rows)
 
 
@@ -463,10 +488,19 @@ class DistilledClassifier(dj.Computed):
         return fit.score, queries, fit.output, fitting.state_dict_bytes(fit.state_dict), fit.provenance, domains
 
     def make_insert(self, key, accuracy, queries, output, weights, provenance, domains):
-        self.insert1({**key, "accuracy": accuracy, "teacher_queries": queries, "output": output,
-                      "weights": (".pt", weights), "provenance": provenance})
-        self.Domain.insert({**key, "domain": name, "student_accuracy": s, "teacher_accuracy": t}
-                           for name, (s, t) in domains.items())
+        self.insert1(
+            {
+                **key,
+                "accuracy": accuracy,
+                "teacher_queries": queries,
+                "output": output,
+                "weights": (".pt", weights),
+                "provenance": provenance,
+            }
+        )
+        self.Domain.insert(
+            {**key, "domain": name, "student_accuracy": s, "teacher_accuracy": t} for name, (s, t) in domains.items()
+        )
 
     def delete(self, *args, **kwargs):
         """Delete rows and the students' stored weights."""
@@ -499,8 +533,19 @@ def _remove_unreferenced(refs: list) -> None:
 
 
 __all__ = [
-    "ClassifierConfig", "ClassifierDataConfig", "ClassifierTrainerConfig", "DistilledClassifier", "ModelState",
-    "NeuralTarget", "PredictedResponses", "RobustnessScore", "StimulusSet", "TrainedClassifier",
-    "add_neural_target", "insert_stimulus_set", "load_classifier", "stimulus_arrays",
+    "ClassifierConfig",
+    "ClassifierDataConfig",
+    "ClassifierTrainerConfig",
+    "DistilledClassifier",
+    "ModelState",
+    "NeuralTarget",
+    "PredictedResponses",
+    "RobustnessScore",
+    "StimulusSet",
+    "TrainedClassifier",
+    "add_neural_target",
+    "insert_stimulus_set",
+    "load_classifier",
+    "stimulus_arrays",
     "target_responses",
 ]

@@ -30,8 +30,18 @@ import datajoint as dj
 ROOT = Path(__file__).resolve().parents[1]
 
 # short timings so that a fault is noticed and recovered within seconds
-FAST = ["--poll", "0.2", "--heartbeat", "0.3", "--heartbeat-timeout", "3", "--controller-interval", "0.5",
-        "--refresh-interval", "0.5"]
+FAST = [
+    "--poll",
+    "0.2",
+    "--heartbeat",
+    "0.3",
+    "--heartbeat-timeout",
+    "3",
+    "--controller-interval",
+    "0.5",
+    "--refresh-interval",
+    "0.5",
+]
 
 
 def free_port() -> int:
@@ -86,26 +96,46 @@ class PrivateMariaDB:
         self.folder.mkdir(parents=True, exist_ok=True)
         # --no-defaults: the system's my.cnf (user=mysql, /var/log/mysql) is for the shared server
         subprocess.run(
-            ["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}", "--user=root",
-             "--auth-root-authentication-method=normal", "--skip-test-db"],
-            check=True, capture_output=True, timeout=120,
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={self.datadir}",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
 
     def start(self) -> None:
         program = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
         log = open(self.folder / "server.out", "a")
         self.process = subprocess.Popen(
-            [program, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}", "--bind-address=127.0.0.1",
-             f"--socket={self.folder / 'sock'}", f"--pid-file={self.folder / 'pid'}", "--user=root",
-             "--innodb-buffer-pool-size=32M", "--max-allowed-packet=64M", f"--log-error={self.folder / 'error.log'}"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                program,
+                "--no-defaults",
+                f"--datadir={self.datadir}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={self.folder / 'sock'}",
+                f"--pid-file={self.folder / 'pid'}",
+                "--user=root",
+                "--innodb-buffer-pool-size=32M",
+                "--max-allowed-packet=64M",
+                f"--log-error={self.folder / 'error.log'}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         _wait_for(self._accepts, 60, f"private MariaDB on port {self.port}")
 
     def _accepts(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(f"mariadbd exited ({self.process.returncode}): "
-                               + (self.folder / "error.log").read_text()[-1000:])
+            raise RuntimeError(
+                f"mariadbd exited ({self.process.returncode}): " + (self.folder / "error.log").read_text()[-1000:]
+            )
         try:
             self.connect().close()
             return True
@@ -191,8 +221,9 @@ class PrivatePostgres:
         return {"PIPELINE_HOME": str(self.home)}
 
     def connect(self) -> dj.Connection:
-        return dj.Connection(self.status["socket_dir"], "postgres", "", self.status["port"], use_tls=False,
-                             backend="postgresql")
+        return dj.Connection(
+            self.status["socket_dir"], "postgres", "", self.status["port"], use_tls=False, backend="postgresql"
+        )
 
     def close(self) -> None:
         try:
@@ -248,9 +279,16 @@ class FaultRun:
         self.n_items = n_items
         self.procs: list[subprocess.Popen] = []
         self.outages: list[tuple[float, float]] = []  # (unix time) the server was down: no insert commits
-        self.env = {**os.environ, **server.env(), "PIPELINE_PREFIX": self.prefix, "WORK_LOG_DIR": str(self.logs),
-                    "PYTHONPATH": str(ROOT), "PIPELINE_MODULES": "tests.work_tables",
-                    "DJ_IGNORE_CONFIG_FILE": "true", "OMP_NUM_THREADS": "1"}
+        self.env = {
+            **os.environ,
+            **server.env(),
+            "PIPELINE_PREFIX": self.prefix,
+            "WORK_LOG_DIR": str(self.logs),
+            "PYTHONPATH": str(ROOT),
+            "PIPELINE_MODULES": "tests.work_tables",
+            "DJ_IGNORE_CONFIG_FILE": "true",
+            "OMP_NUM_THREADS": "1",
+        }
         if server.backend == "postgresql":
             for var in ("DJ_HOST", "DJ_USER", "DJ_PASS", "DJ_BACKEND", "DJ_PORT"):
                 self.env.pop(var, None)
@@ -268,8 +306,14 @@ class FaultRun:
         return wt
 
     def pipeline(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "schemas.cli", *args], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, "-m", "schemas.cli", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if done.returncode:
             raise RuntimeError(f"pipeline {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
         return done
@@ -282,9 +326,15 @@ class FaultRun:
     def start_workers(self, n: int, *args: str) -> None:
         for _ in range(n):
             out = open(self.folder / f"worker{len(self.procs)}.out", "w")
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "schemas.cli", "worker", *FAST, "--tables", "Square", *args], env=self.env,
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "schemas.cli", "worker", *FAST, "--tables", "Square", *args],
+                    env=self.env,
+                    cwd=ROOT,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
 
     def output(self, tail: int = 4000) -> str:
         return "\n".join(f"--- {p.name}\n" + p.read_text()[-tail:] for p in sorted(self.folder.glob("worker*.out")))
@@ -303,6 +353,7 @@ class FaultRun:
 
     def wait_until_started(self, timeout: float = 120) -> None:
         """Until every worker is in its loop (a worker still starting up would meet the fault there)."""
+
         def started():
             return all(" started (gpu" in (self.folder / f"worker{i}.out").read_text() for i in range(len(self.procs)))
 
@@ -351,8 +402,10 @@ class FaultRun:
         try:
             _wait_for(finished, timeout, f"{self.n_items} rows")
         except TimeoutError as error:
-            raise AssertionError(f"{error}: {len(square)} rows, {len(jobs.reserved)} reserved, "
-                                 f"{len(jobs.pending)} pending, {len(jobs.errors)} errors\n{self.output()}") from None
+            raise AssertionError(
+                f"{error}: {len(square)} rows, {len(jobs.reserved)} reserved, "
+                f"{len(jobs.pending)} pending, {len(jobs.errors)} errors\n{self.output()}"
+            ) from None
 
     def outcome(self, stop_workers: bool = True) -> Outcome:
         """Count the damage once every key is computed; then stop the workers (SIGTERM)."""
@@ -377,8 +430,9 @@ class FaultRun:
             rows_found=len(rows),
             duplicates=sum(1 for extra in unexplained.values() if extra),
             redone=sum(1 for item, times in done.items() if len(times) > 1 and not unexplained[item]),
-            partial_rows=sum(1 for r in rows if (r["item_id"], r["worker_pid"]) not in done_by
-                             or r["value"] != r["item_id"] ** 2),
+            partial_rows=sum(
+                1 for r in rows if (r["item_id"], r["worker_pid"]) not in done_by or r["value"] != r["item_id"] ** 2
+            ),
             jobs_reserved=len(jobs.reserved),
             jobs_error=len(jobs.errors),
             workers_alive=alive,

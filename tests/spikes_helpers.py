@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def simulate_cell(seed: int = 0, frames: int = 3000, fps: float = 30.0, rate: float = 0.8, tau: float = 0.6,
-                  amplitude: float = 1.0, noise: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+def simulate_cell(
+    seed: int = 0,
+    frames: int = 3000,
+    fps: float = 30.0,
+    rate: float = 0.8,
+    tau: float = 0.6,
+    amplitude: float = 1.0,
+    noise: float = 0.2,
+) -> tuple[np.ndarray, np.ndarray]:
     """(calcium (frames,), spike counts (frames,)) of one cell, float64, deterministic in seed."""
     rng = np.random.default_rng(seed)
     counts = rng.poisson(rate / fps, size=frames).astype(float)
@@ -24,6 +31,13 @@ def simulate_recordings(n: int, seed: int = 0, **kwargs) -> list[dict]:
     out = []
     for i in range(n):
         calcium, counts = simulate_cell(seed + i, **kwargs)
-        out.append({"calcium": calcium, "spikes": counts, "fps": kwargs.get("fps", 30.0), "dataset": f"sim{i % 2}",
-                    "name": f"cell{i}"})
+        out.append(
+            {
+                "calcium": calcium,
+                "spikes": counts,
+                "fps": kwargs.get("fps", 30.0),
+                "dataset": f"sim{i % 2}",
+                "name": f"cell{i}",
+            }
+        )
     return out

@@ -211,8 +211,11 @@ def test_a_config_key_the_builder_does_not_take_is_rejected():
 
 def test_every_model_samples_hypotheses_of_the_recording_shape():
     recording = data.simulate(1, 20, seed=5)
-    for builder, config in [("cgnf", {"layers": 2, "hidden": 8}), ("min_mpjpe", {"hidden": 8, "depth": 1}),
-                            ("motion_diffusion", {"frames": 8, "channels": 8, "blocks": 1, "diffusion_steps": 5})]:
+    for builder, config in [
+        ("cgnf", {"layers": 2, "hidden": 8}),
+        ("min_mpjpe", {"hidden": 8, "depth": 1}),
+        ("motion_diffusion", {"frames": 8, "channels": 8, "blocks": 1, "diffusion_steps": 5}),
+    ]:
         model = estimators.build(builder, {**config, "hypotheses": 3}, recording.n_joints)
         out = model.sample(recording.keypoints[0], recording.confidence[0])
         assert out.shape == (3, 20, 11, 3), builder

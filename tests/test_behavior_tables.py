@@ -16,8 +16,15 @@ torch.set_num_threads(1)
 
 # tiny models: the table logic is under test here, the models' quality in benchmarks/pose.py
 CGNF = {"layers": 2, "hidden": 16, "steps": 40, "batch_size": 64, "hypotheses": 5}
-DIFFUSION = {"frames": 8, "channels": 8, "blocks": 1, "diffusion_steps": 5, "steps": 20, "batch_size": 16,
-             "hypotheses": 5}
+DIFFUSION = {
+    "frames": 8,
+    "channels": 8,
+    "blocks": 1,
+    "diffusion_steps": 5,
+    "steps": 20,
+    "batch_size": 16,
+    "hypotheses": 5,
+}
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def pipeline(db, *args: str, prefix: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**__import__("os").environ, **db.env}
     env["PIPELINE_PREFIX"] = prefix or db.prefix
-    return subprocess.run([sys.executable, "-m", "schemas.cli", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "schemas.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_a_misspelled_attribute_names_it_and_lists_the_tables_attributes(db):
@@ -92,14 +93,15 @@ def test_a_prefix_with_a_quote_is_rejected_before_touching_the_server(db):
     out = pipeline(db, "--prefix", "lab'_", "status")
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
-    assert line.startswith("pipeline status: schema prefix \"lab'_\" is not valid (expected 1-32 characters")
+    assert line.startswith('pipeline status: schema prefix "lab\'_" is not valid (expected 1-32 characters')
     assert [name for name in dj.list_schemas(connection=db.connection) if name.startswith("lab")] == []
 
 
 def test_status_piped_into_head_ends_without_a_traceback(db):
     env = {**__import__("os").environ, **db.env}
     command = f"{sys.executable} -m schemas.cli status | head -1"
-    out = subprocess.run(["bash", "-o", "pipefail", "-c", command], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.stdout.startswith("database ")
     assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr

@@ -35,8 +35,13 @@ def demo_run(pipeline_home):
         first.wait(timeout=300)
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
     connection, _ = _connect("postgresql", pipeline_home)
-    yield {"prefix": prefix, "first": first.returncode, "first_log": log.read_text(), "second": second,
-           "connection": connection}
+    yield {
+        "prefix": prefix,
+        "first": first.returncode,
+        "first_log": log.read_text(),
+        "second": second,
+        "connection": connection,
+    }
     with dj.config.override(safemode=False):
         schemas.drop_all(prefix, connection)
     connection.close()
@@ -70,8 +75,13 @@ def test_no_duplicate_or_partial_rows_after_the_rerun(demo_run):
 def test_no_job_is_left_reserved_or_in_error(demo_run):
     for stage in ("imaging", "spikes", "sysid"):
         schema = f"{demo_run['prefix']}{stage}"
-        tables = query(demo_run, f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}' "
-                                 "AND table_name LIKE '~~%%'")
+        tables = query(
+            demo_run,
+            f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}' "
+            "AND table_name LIKE '~~%%'",
+        )
         for (name,) in tables:
-            rows = query(demo_run, f'SELECT count(*) FROM "{schema}"."{name}" WHERE status IN (\'reserved\', \'error\')')
+            rows = query(
+                demo_run, f"SELECT count(*) FROM \"{schema}\".\"{name}\" WHERE status IN ('reserved', 'error')"
+            )
             assert rows == [(0,)], f"{schema}.{name}"

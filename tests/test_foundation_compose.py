@@ -43,4 +43,6 @@ def test_no_literal_password_is_committed():
     services = load()["services"]
     assert services["db"]["environment"]["MYSQL_ROOT_PASSWORD"].startswith("${DJ_PASS")
     assert services["worker"]["environment"]["DJ_PASS"].startswith("${DJ_PASS")
-    assert not re.search(r"(PASSWORD|PASS)\s*[:=]\s*['\"]?[A-Za-z0-9]{3,}", COMPOSE.read_text().replace("${DJ_PASS", ""))
+    assert not re.search(
+        r"(PASSWORD|PASS)\s*[:=]\s*['\"]?[A-Za-z0-9]{3,}", COMPOSE.read_text().replace("${DJ_PASS", "")
+    )

@@ -1,6 +1,5 @@
 """The imaging chain's functions on plain arrays: readers, simulation, motion, PMD, cells, traces."""
 
-
 import h5py
 import numpy as np
 import pytest

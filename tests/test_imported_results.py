@@ -22,11 +22,14 @@ def write_suite2p(folder: Path) -> dict:
     """Three ROIs, the middle one not a cell; returns what a reader must find."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
-    stat = np.array([
-        {"ypix": np.array([2, 2, 3]), "xpix": np.array([3, 4, 3]), "lam": np.array([0.5, 0.25, 0.125])},
-        {"ypix": np.array([8]), "xpix": np.array([8]), "lam": np.array([1.0])},
-        {"ypix": np.array([10, 11]), "xpix": np.array([15, 15]), "lam": np.array([2.0, 1.0])},
-    ], dtype=object)
+    stat = np.array(
+        [
+            {"ypix": np.array([2, 2, 3]), "xpix": np.array([3, 4, 3]), "lam": np.array([0.5, 0.25, 0.125])},
+            {"ypix": np.array([8]), "xpix": np.array([8]), "lam": np.array([1.0])},
+            {"ypix": np.array([10, 11]), "xpix": np.array([15, 15]), "lam": np.array([2.0, 1.0])},
+        ],
+        dtype=object,
+    )
     np.save(folder / "stat.npy", stat, allow_pickle=True)
     np.save(folder / "iscell.npy", np.array([[1.0, 0.9], [0.0, 0.2], [1.0, 0.8]]))
     f = rng.normal(200, 10, (3, FRAMES)).astype(np.float32)
@@ -92,8 +95,10 @@ def imported_scan(db):
     folder = imaging.raw_store_location() / f"imported_{db.backend}"
     folder.mkdir(parents=True, exist_ok=True)
     io.write_scanimage_tiff(folder / "scan.tif", blob_movie(FRAMES, SHAPE), 10.0)
-    truth = {"suite2p": write_suite2p(folder / "suite2p" / "plane0"),
-             "caiman": write_caiman(folder / "caiman_results.hdf5")}
+    truth = {
+        "suite2p": write_suite2p(folder / "suite2p" / "plane0"),
+        "caiman": write_caiman(folder / "caiman_results.hdf5"),
+    }
     done = ingest.ingest_scan(folder / "scan.tif", 9400, 1, 1)  # in the store already: not copied
     key, defaults = done.key, done.parameters["imaging"]
     keys = {}
@@ -101,8 +106,13 @@ def imported_scan(db):
         seg = params.insert_config(imaging.SegmentationParams, builder, {}, note=f"{origin} results")
         trace = params.insert_config(imaging.TraceParams, "import_traces", {"origin": origin})
         restriction = {**key, **defaults["motion"], **defaults["pmd"], **seg, **trace}
-        for table in (imaging.ScanInfo, imaging.MotionCorrection, imaging.Denoised, imaging.Segmentation,
-                      imaging.Traces):
+        for table in (
+            imaging.ScanInfo,
+            imaging.MotionCorrection,
+            imaging.Denoised,
+            imaging.Segmentation,
+            imaging.Traces,
+        ):
             table.populate(restriction, suppress_errors=False)
         keys[origin] = (imaging.Traces & restriction).fetch1("KEY")
     return keys, truth

@@ -50,11 +50,14 @@ def test_default_parameters_cover_every_step_and_are_idempotent(db):
 
 def test_scan_outside_the_store_is_copied_and_onsets_in_seconds_become_frames(db, tmp_path, stimulus):
     movie = _movie(tmp_path, "scan.tif", frames=40, fps=10.0)
-    trials = _trials(tmp_path, """
+    trials = _trials(
+        tmp_path,
+        """
         trial_idx,image_id,onset_time,duration_time,tier
         0,930001,0.0,0.5,train
         1,930002,1.04,0.3,test
-    """)
+    """,
+    )
     done = ingest.ingest_scan(movie, ANIMAL, 1, 1, trials=trials, images=stimulus)
     key = {"animal_id": ANIMAL, "session": 1, "scan_idx": 1}
     assert done.key == key and done.nframes == 40 and done.trials == 2
@@ -69,10 +72,13 @@ def test_scan_outside_the_store_is_copied_and_onsets_in_seconds_become_frames(db
 
 def test_ingest_populates_to_traces_with_the_defaults(db, tmp_path, stimulus):
     movie = _movie(tmp_path, "scan.tif", frames=30, fps=10.0)
-    trials = _trials(tmp_path, """
+    trials = _trials(
+        tmp_path,
+        """
         trial_idx,image_id,onset_frame,duration_frames
         0,930001,2,5
-    """)
+    """,
+    )
     done = ingest.ingest_scan(movie, ANIMAL, 1, 2, trials=trials, images=stimulus)
     restriction = {**done.key, **{k: v for step in done.parameters["imaging"].values() for k, v in step.items()}}
     for table in (imaging.ScanInfo, imaging.MotionCorrection, imaging.Denoised, imaging.Segmentation, imaging.Traces):
@@ -97,10 +103,13 @@ def test_frame_rate_that_contradicts_the_header_is_an_error(db, tmp_path):
 
 def test_trial_showing_an_unknown_image_is_an_error_and_inserts_nothing(db, tmp_path):
     movie = _movie(tmp_path, "scan.tif")
-    trials = _trials(tmp_path, """
+    trials = _trials(
+        tmp_path,
+        """
         trial_idx,image_id,onset_frame,duration_frames
         0,939999,0,3
-    """)
+    """,
+    )
     with pytest.raises(ingest.IngestError, match=r"image id\(s\) \[939999\] that are neither in the images folder"):
         ingest.ingest_scan(movie, ANIMAL, 2, 3, trials=trials)
     assert not imaging.Scan & {"animal_id": ANIMAL, "session": 2, "scan_idx": 3}
@@ -116,10 +125,13 @@ def test_image_id_stored_with_another_image_is_an_error(db, tmp_path, stimulus):
 
 
 def test_trial_beyond_the_movie_is_an_error(db, tmp_path, stimulus):
-    trials = _trials(tmp_path, """
+    trials = _trials(
+        tmp_path,
+        """
         trial_idx,image_id,onset_frame,duration_frames
         4,930001,38,5
-    """)
+    """,
+    )
     with pytest.raises(ingest.IngestError, match=r"trial 4 spans frames 38..42 \(expected within the movie's 40"):
         ingest.ingest_scan(_movie(tmp_path, "scan.tif"), ANIMAL, 2, 4, trials=trials, images=stimulus)
 
@@ -152,8 +164,9 @@ def readme_run(db, shared_data, tmp_path_factory):
     env.update(db.env)
     env["PATH"] = f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["PYTHONPATH"] = str(ROOT)
-    result = subprocess.run(["bash", "-e", "-c", readme_commands()], cwd=work, env=env, capture_output=True,
-                            text=True, timeout=900)
+    result = subprocess.run(
+        ["bash", "-e", "-c", readme_commands()], cwd=work, env=env, capture_output=True, text=True, timeout=900
+    )
     return result
 
 
@@ -239,7 +252,7 @@ class Session(dj.Manual):
     """
 '''
 
-SCRIPT = '''
+SCRIPT = """
 import sys
 import datajoint as dj
 import schemas
@@ -256,7 +269,7 @@ try:
 finally:
     with dj.config.override(safemode=False):
         schemas.drop_all(prefix, dj.conn())
-'''
+"""
 
 
 def _own_lab(db, tmp_path, module_text: str):
@@ -266,8 +279,9 @@ def _own_lab(db, tmp_path, module_text: str):
     env.update(db.env)
     env.update(PIPELINE_LAB_MODULE="mylab", PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
     prefix = db.prefix.rstrip("_") + "l_"
-    return subprocess.run([sys.executable, "-c", SCRIPT, prefix], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, prefix], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
 
 
 def test_scans_hang_under_a_labs_own_session_table(db, tmp_path):

@@ -55,8 +55,9 @@ def test_file_without_timing_needs_a_frame_rate(tmp_path):
 
 
 def test_csv_trials_with_seconds_and_tiers(tmp_path):
-    path = _write(tmp_path / "t.csv", "trial_idx,image_id,onset_time,duration_time,tier\n0,5,0.5,0.2,train\n"
-                  "1,6,1.5,0.2,test\n")
+    path = _write(
+        tmp_path / "t.csv", "trial_idx,image_id,onset_time,duration_time,tier\n0,5,0.5,0.2,train\n1,6,1.5,0.2,test\n"
+    )
     trials = read_trials(path)
     assert trials.trial_idx.tolist() == [0, 1] and trials.image_id.tolist() == [5, 6]
     assert trials.onset.tolist() == [0.5, 1.5] and trials.onset_unit == "seconds"
@@ -64,8 +65,10 @@ def test_csv_trials_with_seconds_and_tiers(tmp_path):
 
 
 def test_json_trials_in_frames(tmp_path):
-    path = _write(tmp_path / "t.json", json.dumps({"trials": [
-        {"trial_idx": 3, "image_id": 9, "onset_frame": 4, "duration_frames": 2}]}))
+    path = _write(
+        tmp_path / "t.json",
+        json.dumps({"trials": [{"trial_idx": 3, "image_id": 9, "onset_frame": 4, "duration_frames": 2}]}),
+    )
     trials = read_trials(path)
     assert (trials.onset.tolist(), trials.duration.tolist()) == ([4], [2])
     assert (trials.onset_unit, trials.tier) == ("frames", None)

@@ -13,7 +13,14 @@ torch.set_num_threads(1)
 SMALL = {
     "cnn_factorized": {"hidden_channels": 4, "layers": 2, "input_kernel": 5, "hidden_kernel": 3},
     "rotation_factorized": {"features": 2, "rotations": 8, "layers": 2, "input_kernel": 5, "hidden_kernel": 3},
-    "cnn_gaussian": {"hidden_channels": 4, "layers": 2, "input_kernel": 5, "hidden_kernel": 3, "shifter": True, "modulator": True},
+    "cnn_gaussian": {
+        "hidden_channels": 4,
+        "layers": 2,
+        "input_kernel": 5,
+        "hidden_kernel": 3,
+        "shifter": True,
+        "modulator": True,
+    },
     "linear_nonlinear": {"downsample": 2},
 }
 

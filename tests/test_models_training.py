@@ -91,4 +91,6 @@ def test_every_model_trains_on_a_simulated_filetree_population(tmp_path):
         assert np.isfinite(result.score), name
         responses, predictions, image_ids = metrics.predict(model, loaders["test"]["sim"], "sim")
         assert predictions.shape == responses.shape == (12, 8), name
-        assert sorted(set(image_ids.tolist())) == sorted(set(loaders["test"]["sim"].dataset.arrays["image_id"].tolist()))
+        assert sorted(set(image_ids.tolist())) == sorted(
+            set(loaders["test"]["sim"].dataset.arrays["image_id"].tolist())
+        )

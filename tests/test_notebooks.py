@@ -41,8 +41,13 @@ def demo_env(pipeline_home):
         return
     prefix = f"nb{uuid.uuid4().hex[:6]}_"
     env.update(PIPELINE_HOME=str(pipeline_home), PIPELINE_PREFIX=prefix)
-    done = subprocess.run([sys.executable, "-m", "schemas.cli", "demo", "--size", "small"], env=env,
-                          capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [sys.executable, "-m", "schemas.cli", "demo", "--size", "small"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Demo summary" in done.stdout
     yield env

@@ -73,8 +73,13 @@ def test_export_nwb_command_writes_the_file(exported, db, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJ_")}
     env.update(db.env)
     pairs = [f"{k}={v}" for k, v in key.items()]
-    out = subprocess.run([sys.executable, "-m", "schemas.cli", "export-nwb", *pairs, str(tmp_path / "cli.nwb")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "schemas.cli", "export-nwb", *pairs, str(tmp_path / "cli.nwb")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     with NWBHDF5IO(str(tmp_path / "cli.nwb"), "r") as io:
         assert io.read().processing["ophys"]["DfOverF"]["dff"].data.shape[0] == 300

@@ -41,15 +41,25 @@ def test_a_key_matching_several_rows_is_refused(db, tmp_path):
 
 
 def test_model_report_from_the_command_line(db, tmp_path):
-    folder = simulate_population(tmp_path / "population", seed=3, n_neurons=12, n_train=40, n_validation=8,
-                                 n_test_images=6, repeats=3, height=16, width=16)
+    folder = simulate_population(
+        tmp_path / "population",
+        seed=3,
+        n_neurons=12,
+        n_train=40,
+        n_validation=8,
+        n_test_images=6,
+        repeats=3,
+        height=16,
+        width=16,
+    )
     dataset_id = f"report_{db.backend}"
     sysid.import_filetree(folder, dataset_id)
     key = {
         "dataset_id": dataset_id,
         **params.insert_config(sysid.DatasetConfig, "filetree", {"batch_size": 16}),
-        **params.insert_config(sysid.ModelConfig, "cnn_gaussian", {"hidden_channels": 4, "layers": 1,
-                                                                     "input_kernel": 5}),
+        **params.insert_config(
+            sysid.ModelConfig, "cnn_gaussian", {"hidden_channels": 4, "layers": 1, "input_kernel": 5}
+        ),
         **params.insert_config(sysid.TrainerConfig, "standard_trainer", {"max_epochs": 2}),
         "seed": 0,
     }
@@ -57,8 +67,14 @@ def test_model_report_from_the_command_line(db, tmp_path):
     assert sysid.TrainedModel.populate(key, suppress_errors=True)["error_list"] == []
     pairs = [f"{k}={v}" for k, v in key.items()]
     env = {**__import__("os").environ, **db.env}
-    out = subprocess.run([sys.executable, "-m", "schemas.cli", "report", *pairs, "--out", str(tmp_path / "m.png")],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "schemas.cli", "report", *pairs, "--out", str(tmp_path / "m.png")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"wrote {tmp_path / 'm.png'}"
     assert (tmp_path / "m.png").stat().st_size > 20_000

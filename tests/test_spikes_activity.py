@@ -20,13 +20,26 @@ def scan(db, tmp_path_factory):
     from pipeline.spikes import Recording
 
     spikes.GroundTruth.insert_recordings(
-        [Recording(r["calcium"], r["spikes"], r["fps"], "activity-sim", r["name"])
-         for r in simulate_recordings(2, seed=50, frames=1200, fps=15.0)], skip_duplicates=True)
+        [
+            Recording(r["calcium"], r["spikes"], r["fps"], "activity-sim", r["name"])
+            for r in simulate_recordings(2, seed=50, frames=1200, fps=15.0)
+        ],
+        skip_duplicates=True,
+    )
     if not spikes.TrainingSet & {"training_set": "activity"}:
         spikes.TrainingSet.create("activity", {"truth_dataset": "activity-sim"})
     supervised = spikes.SpikeMethod.insert_method(
-        "supervised", {"training_set": "activity", "channels": 4, "kernel": 5, "dilations": [1, 2], "window": 64,
-                       "batch_size": 4, "steps": 10})
+        "supervised",
+        {
+            "training_set": "activity",
+            "channels": 4,
+            "kernel": 5,
+            "dilations": [1, 2],
+            "window": 64,
+            "batch_size": 4,
+            "steps": 10,
+        },
+    )
     return {"traces": traces_key, "deconvolution": deconvolution, "supervised": supervised}
 
 

@@ -8,7 +8,13 @@ import torch
 
 from pipeline import identity
 from pipeline.spikes import (
-    deconvolve, estimate_ar, estimate_noise, infer_spikes, read_cascade, read_spikefinder, spikefinder_correlation,
+    deconvolve,
+    estimate_ar,
+    estimate_noise,
+    infer_spikes,
+    read_cascade,
+    read_spikefinder,
+    spikefinder_correlation,
     train_spike_model,
 )
 from pipeline.spikes.resampling import rebin, to_100hz
@@ -44,7 +50,8 @@ def test_spikefinder_correlation_drops_samples_where_either_is_nan():
     # kept samples: truth [1,0,0,0 | 0,2,0,0 | 0,0,1] -> 1, 2; prediction [1,0,0,0 | 0,2,0,0 | ...] -> 1, 2
     truth_kept = np.array([1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1], float)
     assert spikefinder_correlation(prediction, truth) == pytest.approx(
-        spikefinder_correlation(np.array([1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1], float), truth_kept))
+        spikefinder_correlation(np.array([1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1], float), truth_kept)
+    )
     assert spikefinder_correlation(prediction, truth) == pytest.approx(1.0)
 
 
@@ -114,8 +121,11 @@ def test_fps_that_is_not_positive_is_an_error(fps):
 
 
 def test_trace_shorter_than_the_model_window_is_an_error(small_model):
-    with pytest.raises(ValueError, match=r"trace has 20 samples at 30 Hz \(0.67 s\); the supervised model needs "
-                                         r"at least 1.16 s \(29 bins at 25 Hz\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"trace has 20 samples at 30 Hz \(0.67 s\); the supervised model needs "
+        r"at least 1.16 s \(29 bins at 25 Hz\)",
+    ):
         infer_spikes(np.random.default_rng(0).standard_normal((1, 20)), 30.0, "supervised", small_model)
 
 
@@ -167,8 +177,9 @@ def test_model_survives_serialization(small_model):
 
     again = SpikeModel.from_bytes(small_model.to_bytes(), small_model.config)
     calcium, _ = simulate_cell(7, frames=600)
-    assert np.array_equal(infer_spikes(calcium, 30.0, "supervised", again),
-                          infer_spikes(calcium, 30.0, "supervised", small_model))
+    assert np.array_equal(
+        infer_spikes(calcium, 30.0, "supervised", again), infer_spikes(calcium, 30.0, "supervised", small_model)
+    )
 
 
 def test_training_takes_spike_times_instead_of_counts():
@@ -189,8 +200,11 @@ def test_spikefinder_reader_trims_each_cell_to_its_length(tmp_path):
 
 
 def test_cascade_reader_bins_action_potentials_at_frame_times(tmp_path):
-    struct = {"fluo_time": np.arange(10) / 10.0, "fluo_mean": np.arange(10.0),
-              "events_AP": np.array([0.0, 1000.0, 1040.0, 4960.0])}  # 1e-4 s: 0, 0.1, 0.104, 0.496 s
+    struct = {
+        "fluo_time": np.arange(10) / 10.0,
+        "fluo_mean": np.arange(10.0),
+        "events_AP": np.array([0.0, 1000.0, 1040.0, 4960.0]),
+    }  # 1e-4 s: 0, 0.1, 0.104, 0.496 s
     scipy.io.savemat(tmp_path / "cell.mat", {"CAttached": struct})
     (recording,) = read_cascade(tmp_path / "cell.mat", dataset="DSx")
     assert recording.fps == pytest.approx(10.0)
@@ -201,8 +215,9 @@ def test_cascade_reader_bins_action_potentials_at_frame_times(tmp_path):
 def test_cascade_reader_reads_real_ground_truth(shared_data):
     folder = shared_data / "cascade" / "DS17-GCaMP5k-m-V1"
     recordings = read_cascade(folder / "CAttached_Akerboom_GC5k_cell7_full_mini.mat")
-    raw = scipy.io.loadmat(folder / "CAttached_Akerboom_GC5k_cell7_full_mini.mat", squeeze_me=True,
-                           struct_as_record=False)["CAttached"]
+    raw = scipy.io.loadmat(
+        folder / "CAttached_Akerboom_GC5k_cell7_full_mini.mat", squeeze_me=True, struct_as_record=False
+    )["CAttached"]
     assert recordings[0].fps == pytest.approx(50.0, rel=1e-3)
     assert recordings[0].spikes.sum() == np.size(raw.events_AP)
 

@@ -10,8 +10,15 @@ from pipeline.spikes import infer_spikes, train_spike_model
 from tests.spikes_helpers import simulate_cell, simulate_recordings
 
 torch.set_num_threads(1)
-TRAINING = {"channels": 4, "kernel": 5, "dilations": [1, 2], "window": 64, "batch_size": 4, "steps": 20,
-            "learning_rate": 0.01}
+TRAINING = {
+    "channels": 4,
+    "kernel": 5,
+    "dilations": [1, 2],
+    "window": 64,
+    "batch_size": 4,
+    "steps": 20,
+    "learning_rate": 0.01,
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +50,9 @@ def test_spike_method_of_equal_configs_is_one_row(tables):
 
 def test_spikefinder_importer_inserts_one_row_per_cell(tables, tmp_path):
     calcium, counts = _write_spikefinder(tmp_path)
-    n = tables.GroundTruth.import_spikefinder(tmp_path / "7.train.calcium.csv", tmp_path / "7.train.spikes.csv",
-                                              dataset="sf-test", indicator="sim")
+    n = tables.GroundTruth.import_spikefinder(
+        tmp_path / "7.train.calcium.csv", tmp_path / "7.train.spikes.csv", dataset="sf-test", indicator="sim"
+    )
     row = (tables.GroundTruth & {"truth_dataset": "sf-test", "recording": "7.train.1"}).fetch1()
     assert n == 2 and row["fps"] == 100.0 and row["source"] == "7.train.calcium.csv"
     np.testing.assert_allclose(row["calcium"], calcium[1], rtol=1e-6)
@@ -83,8 +91,9 @@ def trained(tables):
         r["dataset"] = "sim-train"
     from pipeline.spikes import Recording
 
-    tables.GroundTruth.insert_recordings([Recording(r["calcium"], r["spikes"], r["fps"], r["dataset"], r["name"])
-                                          for r in recordings])
+    tables.GroundTruth.insert_recordings(
+        [Recording(r["calcium"], r["spikes"], r["fps"], r["dataset"], r["name"]) for r in recordings]
+    )
     set_key = tables.TrainingSet.create("sim", {"truth_dataset": "sim-train"})
     method = tables.SpikeMethod.insert_method("supervised", {"training_set": "sim", **TRAINING})
     result = tables.SpikeModel.populate(method, reserve_jobs=True, suppress_errors=True)
@@ -103,11 +112,14 @@ def test_spike_model_weights_reproduce_training_in_the_pipeline(tables, trained)
     model = tables.SpikeModel.load_model(trained["method"])
     from pipeline.spikes import Recording
 
-    recordings = [Recording(r["calcium"], r["spikes"], r["fps"], r["dataset"], r["name"]) for r in trained["recordings"]]
+    recordings = [
+        Recording(r["calcium"], r["spikes"], r["fps"], r["dataset"], r["name"]) for r in trained["recordings"]
+    ]
     again = train_spike_model(sorted(recordings, key=lambda r: r.name), **TRAINING)
     calcium, _ = simulate_cell(99, frames=600)
-    np.testing.assert_array_equal(infer_spikes(calcium, 30.0, "supervised", model),
-                                  infer_spikes(calcium, 30.0, "supervised", again))
+    np.testing.assert_array_equal(
+        infer_spikes(calcium, 30.0, "supervised", model), infer_spikes(calcium, 30.0, "supervised", again)
+    )
 
 
 def test_deconvolution_methods_train_no_model(tables, trained):

@@ -16,7 +16,15 @@ from pipeline.simulation.population import simulate_population
 from schemas import database, imaging, stores, sysid
 from tests.imaging_helpers import populate_small_scan
 
-POPULATION = {"n_neurons": 6, "n_train": 20, "n_validation": 6, "n_test_images": 4, "repeats": 2, "height": 8, "width": 8}
+POPULATION = {
+    "n_neurons": 6,
+    "n_train": 20,
+    "n_validation": 6,
+    "n_test_images": 4,
+    "repeats": 2,
+    "height": 8,
+    "width": 8,
+}
 DAY = 24 * 3600
 
 
@@ -42,7 +50,7 @@ def _mode(path: Path) -> int:
 def population(tmp_path_factory) -> Path:
     """A small FileTree whose files are world-readable (0644, folders 0755), as a lab's often are."""
     folder = simulate_population(tmp_path_factory.mktemp("stores") / "population", seed=3, **POPULATION)
-    for root, dirs, names in os.walk(folder):
+    for root, _dirs, names in os.walk(folder):
         os.chmod(root, 0o755)
         for name in names:
             os.chmod(os.path.join(root, name), 0o644)
@@ -135,8 +143,13 @@ def s3_server():
     server.start()
     host, port = server.get_host_and_port()
     spec = {
-        "protocol": "s3", "endpoint": f"{host}:{port}", "bucket": "lab-raw", "location": "v1",
-        "access_key": "test", "secret_key": "test", "secure": False,
+        "protocol": "s3",
+        "endpoint": f"{host}:{port}",
+        "bucket": "lab-raw",
+        "location": "v1",
+        "access_key": "test",
+        "secret_key": "test",
+        "secure": False,
     }
     fs = s3fs.S3FileSystem(key="test", secret="test", client_kwargs={"endpoint_url": f"http://{host}:{port}"})
     fs.makedirs("lab-raw", exist_ok=True)  # moto keeps buckets in-process across server restarts
@@ -186,7 +199,9 @@ def test_scan_in_an_s3_store_populates_from_one_cached_copy(db, s3_raw_store, tm
 
         # the remote object replaced: a new copy is fetched, and it is not the file ScanInfo read
         _upload_tiff(s3_raw_store, tmp_path, relative, _movie(4))
-        with pytest.raises(imaging.RawFileChanged, match=rf"Scan {key['animal_id']}/1/1: raw file '{relative}' changed"):
+        with pytest.raises(
+            imaging.RawFileChanged, match=rf"Scan {key['animal_id']}/1/1: raw file '{relative}' changed"
+        ):
             imaging._scan_file(key)
         assert stores.local_path(ref) == first and first.stat().st_ino != inode
     finally:
@@ -316,7 +331,9 @@ def test_store_files_are_private_by_default(db, population, monkeypatch):
     sysid.import_filetree(population, dataset_id)
     folder = Path((sysid.Dataset & {"dataset_id": dataset_id}).fetch1("filetree").full_path)
     assert _modes_under(folder) == ({0o600}, {0o700})
-    raw = _register_tiff(f"stores_{db.backend}/private/scan.tif", {"animal_id": 9305, "session": 1, "scan_idx": 1}, _movie(5))
+    raw = _register_tiff(
+        f"stores_{db.backend}/private/scan.tif", {"animal_id": 9305, "session": 1, "scan_idx": 1}, _movie(5)
+    )
     assert (_mode(raw), _mode(raw.parent)) == (0o600, 0o700)
     (sysid.Dataset & {"dataset_id": dataset_id}).delete(prompt=False)
 
@@ -352,8 +369,13 @@ def test_gc_command_reports_each_store(db):
     import sys
 
     env = {**os.environ, **db.env}
-    out = subprocess.run([sys.executable, "-m", "schemas.cli", "gc", "--dry-run", "--store", "models"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "schemas.cli", "gc", "--dry-run", "--store", "models"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     (line,) = out.stdout.strip().splitlines()
     assert line.startswith("models: ") and " unreferenced, would delete " in line

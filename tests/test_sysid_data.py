@@ -92,14 +92,18 @@ def test_filetree_round_trip_keeps_every_array(folder, tmp_path):
 def test_missing_trial_file_names_the_folder_field_and_file(folder, tmp_path):
     bad = shutil.copytree(folder, tmp_path / "bad")
     (bad / "data" / "responses" / "7.npy").unlink()
-    with pytest.raises(data.FileTreeError, match=r"bad: data/responses has 71 files, missing 7.npy \(expected 0.npy .. 71.npy"):
+    with pytest.raises(
+        data.FileTreeError, match=r"bad: data/responses has 71 files, missing 7.npy \(expected 0.npy .. 71.npy"
+    ):
         data.read_filetree(bad)
 
 
 def test_missing_field_folder_is_an_error(folder, tmp_path):
     bad = shutil.copytree(folder, tmp_path / "bad")
     shutil.rmtree(bad / "data" / "images")
-    with pytest.raises(data.FileTreeError, match=r"missing field folder data/images \(expected one .npy per trial, 72 trials\)"):
+    with pytest.raises(
+        data.FileTreeError, match=r"missing field folder data/images \(expected one .npy per trial, 72 trials\)"
+    ):
         data.read_filetree(bad)
 
 
@@ -137,7 +141,10 @@ def test_batches_pickle_and_load_with_worker_processes(folder):
     parallel = data.make_loaders(datasets, 0, batch_size=8, num_workers=2)["test"]["small"]
     a, b = list(serial), list(parallel)
     assert len(a) == len(b) == 3
-    assert all(torch.equal(x["responses"], y["responses"]) and torch.equal(x["trial_idx"], y["trial_idx"]) for x, y in zip(a, b))
+    assert all(
+        torch.equal(x["responses"], y["responses"]) and torch.equal(x["trial_idx"], y["trial_idx"])
+        for x, y in zip(a, b)
+    )
     assert a[0]["images"].device.type == "cpu"
 
 
@@ -170,7 +177,12 @@ def test_trials_filetree_puts_repeated_images_in_the_test_tier():
 def test_window_mean_averages_activity_and_behaviour_after_onset():
     activity = np.tile(np.arange(100, dtype=np.float32), (2, 1))
     activity[1] *= 2
-    behavior = {"running": np.arange(100.0), "pupil_radius": np.full(100, 3.0), "pupil_x": np.arange(100.0), "pupil_y": np.zeros(100)}
+    behavior = {
+        "running": np.arange(100.0),
+        "pupil_radius": np.full(100, 3.0),
+        "pupil_x": np.arange(100.0),
+        "pupil_y": np.zeros(100),
+    }
     out = window_mean(activity, np.array([10, 50]), 10.0, behavior, start=0.0, stop=0.5)
     np.testing.assert_allclose(out["responses"], [[12.0, 24.0], [52.0, 104.0]])  # frames 10..14, 50..54
     np.testing.assert_allclose(out["behavior"], [[3.0, 0.0, 12.0], [3.0, 0.0, 52.0]])
@@ -184,9 +196,21 @@ def test_window_outside_the_recording_names_the_trial():
 
 def test_given_tiers_replace_the_assignment():
     images = {i: np.zeros((4, 4), np.float32) for i in range(3)}
-    tree = data.trials_filetree(images, np.ones((3, 2), np.float32), np.array([0, 1, 2]), np.arange(3),
-                                np.arange(2), tiers=np.array(["test", "train", "validation"]))
+    tree = data.trials_filetree(
+        images,
+        np.ones((3, 2), np.float32),
+        np.array([0, 1, 2]),
+        np.arange(3),
+        np.arange(2),
+        tiers=np.array(["test", "train", "validation"]),
+    )
     assert tree.tiers.tolist() == ["test", "train", "validation"]
     with pytest.raises(data.FileTreeError, match=r"unknown tier\(s\) \['holdout'\]"):
-        data.trials_filetree(images, np.ones((3, 2), np.float32), np.array([0, 1, 2]), np.arange(3),
-                             np.arange(2), tiers=np.array(["test", "holdout", "train"]))
+        data.trials_filetree(
+            images,
+            np.ones((3, 2), np.float32),
+            np.array([0, 1, 2]),
+            np.arange(3),
+            np.arange(2),
+            tiers=np.array(["test", "holdout", "train"]),
+        )

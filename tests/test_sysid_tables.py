@@ -126,8 +126,19 @@ def test_reproduce_gives_the_stored_scores_back_on_cpu(trained):
 
 
 def test_reproduce_command_reports_the_match(db, trained):
-    command = [sys.executable, "-m", "schemas.cli", "reproduce", f"dataset_id={trained['dataset_id']}", "seed=0", "--device", "cpu"]
-    done = subprocess.run(command, env={**__import__("os").environ, **db.env}, capture_output=True, text=True, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "schemas.cli",
+        "reproduce",
+        f"dataset_id={trained['dataset_id']}",
+        "seed=0",
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(
+        command, env={**__import__("os").environ, **db.env}, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert "reproduced: max difference" in done.stdout
     assert f"dataset_id={trained['dataset_id']}" in done.stdout

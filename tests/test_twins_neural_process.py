@@ -92,8 +92,12 @@ def test_kshot_curve_scores_both_methods_at_every_k_clipped_to_the_data(trained,
     test = kshot.loader_arrays(loaders["test"]["d0"], np.arange(8))
     points = kshot.kshot_curve(model, context, test, 0, ks=[10, 500, -1], readout_steps=150)
     assert [(p["k"], p["method"]) for p in points] == [
-        (10, "neural_process"), (10, "fitted_readout"), (128, "neural_process"), (128, "fitted_readout"),
-        (128, "neural_process"), (128, "fitted_readout"),
+        (10, "neural_process"),
+        (10, "fitted_readout"),
+        (128, "neural_process"),
+        (128, "fitted_readout"),
+        (128, "neural_process"),
+        (128, "fitted_readout"),
     ]
     assert all(p["seconds_per_neuron"] > 0 and p["unit_correlation_to_average"].shape == (8,) for p in points)
     # with every trial the neural process predicts these neurons far above chance

@@ -36,8 +36,9 @@ def test_divisive_normalization_is_linear_when_sigma_is_large():
     assert torch.allclose(layer(3.0 * x), 3.0 * layer(x), rtol=1e-3, atol=1e-9)
 
 
-@pytest.mark.parametrize("kind, cls", [("batch", torch.nn.BatchNorm2d), ("layer", torch.nn.GroupNorm),
-                                       ("divisive", DivisiveNormalization)])
+@pytest.mark.parametrize(
+    "kind, cls", [("batch", torch.nn.BatchNorm2d), ("layer", torch.nn.GroupNorm), ("divisive", DivisiveNormalization)]
+)
 def test_make_norm_builds_each_kind(kind, cls):
     assert isinstance(make_norm(kind, 8), cls)
 
@@ -57,7 +58,11 @@ def test_layer_norm_core_output_is_independent_of_the_batch():
 def test_batch_norm_core_keeps_its_state_dict_names():
     core = StackedCNNCore(1, 4, layers=2, input_kernel=5, hidden_kernel=3)
     assert sorted(k for k in core.state_dict() if k.startswith("norms.0")) == [
-        "norms.0.bias", "norms.0.num_batches_tracked", "norms.0.running_mean", "norms.0.running_var", "norms.0.weight",
+        "norms.0.bias",
+        "norms.0.num_batches_tracked",
+        "norms.0.running_mean",
+        "norms.0.running_var",
+        "norms.0.weight",
     ]
 
 

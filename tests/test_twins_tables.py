@@ -90,8 +90,13 @@ def test_tuning_and_receptive_field_rows_per_unit(experiments):
 @pytest.fixture
 def kshot(db, folder):
     """A tiny neural process trained on units 1-9 of 12; its K-shot score on units 10-12."""
-    key = _train(db, folder, "neural_process", {"hidden_channels": 4, "layers": 1, "input_kernel": 5, "encoder_hidden": 8},
-                 dataset={"neuron_ids": list(range(1, 10))})
+    key = _train(
+        db,
+        folder,
+        "neural_process",
+        {"hidden_channels": 4, "layers": 1, "input_kernel": 5, "encoder_hidden": 8},
+        dataset={"neuron_ids": list(range(1, 10))},
+    )
     config = params.insert_config(twins.KShotConfig, "kshot_curve", {"ks": [5, 20, -1], "readout_steps": 20})
     result = twins.KShotScore.populate(key, suppress_errors=True)
     assert result["error_list"] == []
@@ -111,9 +116,12 @@ def test_kshot_score_has_a_point_per_k_and_method_for_the_held_out_units(kshot):
     assert row["n_context"] == 80  # the train tier of SMALL
     points = (twins.KShotScore.Point & kshot).to_dicts(order_by=("k_request", "method"))
     assert [(p["k_request"], p["k"], p["method"]) for p in points] == [
-        (-1, 80, "fitted_readout"), (-1, 80, "neural_process"),
-        (5, 5, "fitted_readout"), (5, 5, "neural_process"),
-        (20, 20, "fitted_readout"), (20, 20, "neural_process"),
+        (-1, 80, "fitted_readout"),
+        (-1, 80, "neural_process"),
+        (5, 5, "fitted_readout"),
+        (5, 5, "neural_process"),
+        (20, 20, "fitted_readout"),
+        (20, 20, "neural_process"),
     ]
     for p in points:
         assert -1.0 <= p["correlation_to_average"] <= 1.0 and p["seconds_per_neuron"] > 0.0
@@ -128,7 +136,9 @@ def test_in_silico_experiments_run_on_a_neural_process_too(kshot):
 
 
 def test_heldout_units_must_be_new_to_the_model():
-    with pytest.raises(ValueError, match=r"heldout units \[3\] were used in training and \[99\] are not in the dataset"):
+    with pytest.raises(
+        ValueError, match=r"heldout units \[3\] were used in training and \[99\] are not in the dataset"
+    ):
         twins.heldout_units(np.arange(1, 13), {"neuron_ids": [1, 2, 3]}, [3, 99])
     with pytest.raises(ValueError, match=r"no held-out units"):
         twins.heldout_units(np.arange(1, 13), {"neuron_ids": None}, None)

@@ -35,8 +35,9 @@ def v1_model(db, folder):
     key = {
         "dataset_id": dataset_id,
         **params.insert_config(sysid.DatasetConfig, "filetree", {"batch_size": 32}),
-        **params.insert_config(sysid.ModelConfig, "cnn_factorized", {"hidden_channels": 4, "layers": 1,
-                                                                       "input_kernel": 5}),
+        **params.insert_config(
+            sysid.ModelConfig, "cnn_factorized", {"hidden_channels": 4, "layers": 1, "input_kernel": 5}
+        ),
         **params.insert_config(sysid.TrainerConfig, "standard_trainer", {"max_epochs": 1}),
         "seed": 0,
     }
@@ -155,8 +156,12 @@ def test_robustness_score_has_every_distortion_at_three_strengths(classifiers):
     assert score["pgd_accuracy"] < score["clean_accuracy"]
     rows = (vision.RobustnessScore.Distortion & key).to_dicts(order_by=("distortion", "level"))
     assert [(r["distortion"], r["level"]) for r in rows][:3] == [("blur", 1), ("blur", 2), ("blur", 3)]
-    assert len(rows) == 12 and {r["distortion"] for r in rows} == {"blur", "contrast", "gaussian_noise",
-                                                                    "salt_and_pepper"}
+    assert len(rows) == 12 and {r["distortion"] for r in rows} == {
+        "blur",
+        "contrast",
+        "gaussian_noise",
+        "salt_and_pepper",
+    }
     noise = [r["accuracy"] for r in rows if r["distortion"] == "gaussian_noise"]
     assert noise[-1] <= score["clean_accuracy"]
 
@@ -164,8 +169,11 @@ def test_robustness_score_has_every_distortion_at_three_strengths(classifiers):
 def test_distilled_student_counts_teacher_queries_and_scores_out_of_domain(classifiers):
     student = params.insert_config(vision.ClassifierConfig, "digit_mlp", {"hidden": 16})
     hard = params.insert_config(vision.ClassifierTrainerConfig, "hard_distillation", {"epochs": 2})
-    key = {**classifiers["plain"], "student_hash": student["classifier_hash"],
-           "distillation_hash": hard["classifier_trainer_hash"]}
+    key = {
+        **classifiers["plain"],
+        "student_hash": student["classifier_hash"],
+        "distillation_hash": hard["classifier_trainer_hash"],
+    }
     assert len(vision.DistilledClassifier.key_source & key) == 1
     assert vision.DistilledClassifier.populate(key, suppress_errors=True)["error_list"] == []
     row = (vision.DistilledClassifier & key).fetch1()
@@ -194,8 +202,10 @@ def test_deleting_a_classifier_removes_its_weights_and_its_students(db, classifi
     kd = params.insert_config(vision.ClassifierTrainerConfig, "knowledge_distillation", {"epochs": 1})
     distilled = {**key, "student_hash": student["classifier_hash"], "distillation_hash": kd["classifier_trainer_hash"]}
     assert vision.DistilledClassifier.populate(distilled, suppress_errors=True)["error_list"] == []
-    paths = [Path((vision.TrainedClassifier & key).fetch1("weights").full_path),
-             Path((vision.DistilledClassifier & distilled).fetch1("weights").full_path)]
+    paths = [
+        Path((vision.TrainedClassifier & key).fetch1("weights").full_path),
+        Path((vision.DistilledClassifier & distilled).fetch1("weights").full_path),
+    ]
     assert all(p.is_file() for p in paths)
     (vision.TrainedClassifier & key).delete(prompt=False)
     assert not vision.TrainedClassifier & key and not vision.DistilledClassifier & distilled
@@ -205,8 +215,12 @@ def test_deleting_a_classifier_removes_its_weights_and_its_students(db, classifi
 def test_status_reads_the_vision_tables(classifiers):
     from schemas.workers.status import table_status
 
-    rows = {r["table"]: r for r in table_status([vision.PredictedResponses, vision.TrainedClassifier,
-                                                 vision.RobustnessScore, vision.DistilledClassifier])}
+    rows = {
+        r["table"]: r
+        for r in table_status(
+            [vision.PredictedResponses, vision.TrainedClassifier, vision.RobustnessScore, vision.DistilledClassifier]
+        )
+    }
     trained = rows["vision.TrainedClassifier"]
     assert trained["rows"] >= 3 and trained["total"] - trained["remaining"] == trained["rows"]
     assert rows["vision.PredictedResponses"]["rows"] == 2

@@ -138,16 +138,26 @@ class Work:
         self.db = db
         self.folder = folder
         self.procs: list[subprocess.Popen] = []
-        self.env = {**os.environ, **db.env, "WORK_LOG_DIR": str(folder / "logs"), "PYTHONPATH": str(ROOT),
-                    "PIPELINE_MODULES": "tests.work_tables"}
+        self.env = {
+            **os.environ,
+            **db.env,
+            "WORK_LOG_DIR": str(folder / "logs"),
+            "PYTHONPATH": str(ROOT),
+            "PIPELINE_MODULES": "tests.work_tables",
+        }
 
     def items(self, ids, sleep: float = 0.0) -> None:
         wt.Item.insert([dict(item_id=i, sleep=float(sleep), spin=0, fail=0) for i in ids])
 
     def worker(self, *args: str) -> subprocess.Popen:
         out = open(self.folder / f"worker{len(self.procs)}.out", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "schemas.cli", "worker", *fh.FAST, "--tables", "Square",
-                                 *args], env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "schemas.cli", "worker", *fh.FAST, "--tables", "Square", *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         self.procs.append(proc)
         return proc
 
@@ -235,8 +245,19 @@ def _reserve_as_lost_reply(key: dict, worker: dict) -> None:
     connection.start_transaction()
     wt.Item.insert1(dict(key, sleep=0.0, spin=0, fail=0))
     now = connection.query("SELECT CURRENT_TIMESTAMP(3)").fetchone()[0]
-    wt.Square.jobs.insert1(dict(key, status="reserved", priority=5, scheduled_time=now, reserved_time=now,
-                                host=worker["host"], pid=worker["pid"], connection_id=0), ignore_extra_fields=True)
+    wt.Square.jobs.insert1(
+        dict(
+            key,
+            status="reserved",
+            priority=5,
+            scheduled_time=now,
+            reserved_time=now,
+            host=worker["host"],
+            pid=worker["pid"],
+            connection_id=0,
+        ),
+        ignore_extra_fields=True,
+    )
     connection.commit_transaction()
 
 

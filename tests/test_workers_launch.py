@@ -34,9 +34,28 @@ def test_scheduler_single_gpu_is_kept(monkeypatch):
 
 def test_launch_forwards_worker_options_unchanged():
     parser = cli.build_parser()
-    args = parser.parse_args(["--prefix", "lab_", "launch", "-n", "2", "--module", "tests.work_tables", "--tables",
-                              "Square", "--restrict", "item_id=3", "--grace", "5", "--max-jobs", "7",
-                              "--exit-when-idle", "--give-up-after", "90"])
+    args = parser.parse_args(
+        [
+            "--prefix",
+            "lab_",
+            "launch",
+            "-n",
+            "2",
+            "--module",
+            "tests.work_tables",
+            "--tables",
+            "Square",
+            "--restrict",
+            "item_id=3",
+            "--grace",
+            "5",
+            "--max-jobs",
+            "7",
+            "--exit-when-idle",
+            "--give-up-after",
+            "90",
+        ]
+    )
     argv = workers.worker_argv(args.prefix, cli.worker_options(args))
     again = parser.parse_args(argv)
     assert again.command == "worker" and again.prefix == "lab_"
@@ -47,13 +66,32 @@ def test_launch_forwards_worker_options_unchanged():
 
 def test_slurm_dry_run_prints_a_job_array_with_one_gpu_per_worker(capsys, tmp_path):
     pytest.importorskip("submitit")
-    code = cli.main(["launch", "--cluster", "slurm", "--dry-run", "-n", "4", "--partition", "gpu", "--walltime", "90",
-                     "--log-dir", str(tmp_path)])
+    code = cli.main(
+        [
+            "launch",
+            "--cluster",
+            "slurm",
+            "--dry-run",
+            "-n",
+            "4",
+            "--partition",
+            "gpu",
+            "--walltime",
+            "90",
+            "--log-dir",
+            str(tmp_path),
+        ]
+    )
     script = capsys.readouterr().out
     assert code == 0
     lines = set(script.splitlines())
-    assert {"#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
-            "#SBATCH --array=0-3%4", "#SBATCH --ntasks-per-node=1"} <= lines, script
+    assert {
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=90",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --array=0-3%4",
+        "#SBATCH --ntasks-per-node=1",
+    } <= lines, script
 
 
 def test_unknown_table_names_the_choices():

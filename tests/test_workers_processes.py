@@ -28,8 +28,18 @@ from tests import work_tables as wt  # noqa: E402
 pytestmark = pytest.mark.slow
 
 # short timings so that recovery happens within seconds
-FAST = ["--poll", "0.2", "--heartbeat", "0.3", "--heartbeat-timeout", "2", "--controller-interval", "0.5",
-        "--refresh-interval", "0.5"]
+FAST = [
+    "--poll",
+    "0.2",
+    "--heartbeat",
+    "0.3",
+    "--heartbeat-timeout",
+    "2",
+    "--controller-interval",
+    "0.5",
+    "--refresh-interval",
+    "0.5",
+]
 
 
 class Work:
@@ -42,16 +52,29 @@ class Work:
         self.procs: list[subprocess.Popen] = []
 
     def items(self, n: int, sleep: float = 0.0, fail: tuple = (), start: int = 0) -> None:
-        wt.Item.insert([dict(item_id=i, sleep=float(sleep), spin=0, fail=int(i in fail)) for i in range(start, start + n)])
+        wt.Item.insert(
+            [dict(item_id=i, sleep=float(sleep), spin=0, fail=int(i in fail)) for i in range(start, start + n)]
+        )
 
     def pipeline(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "schemas.cli", *args], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "schemas.cli", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def worker(self, *args: str) -> subprocess.Popen:
         out = open(self.folder / f"worker{len(self.procs)}.out", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "schemas.cli", "worker", *FAST, *args], env=self.env,
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "schemas.cli", "worker", *FAST, *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         self.procs.append(proc)
         return proc
 
@@ -60,7 +83,7 @@ class Work:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            raise AssertionError(f"worker {proc.pid} still running after {timeout} s:\n{self.output()}")
+            raise AssertionError(f"worker {proc.pid} still running after {timeout} s:\n{self.output()}") from None
 
     def output(self) -> str:
         return "\n".join(p.read_text()[-3000:] for p in sorted(self.folder.glob("worker*.out")))
@@ -98,8 +121,13 @@ def work(db, tmp_path):
     workers.ensure_jobs_tables([wt.Square])
     _clear()
     (tmp_path / "logs").mkdir()
-    env = {**os.environ, **db.env, "WORK_LOG_DIR": str(tmp_path / "logs"), "PYTHONPATH": str(ROOT),
-           "PIPELINE_MODULES": "tests.work_tables"}
+    env = {
+        **os.environ,
+        **db.env,
+        "WORK_LOG_DIR": str(tmp_path / "logs"),
+        "PYTHONPATH": str(ROOT),
+        "PIPELINE_MODULES": "tests.work_tables",
+    }
     w = Work(db, env, tmp_path)
     yield w
     for proc in w.procs:
@@ -212,9 +240,14 @@ def test_sigterm_lets_a_short_job_finish_within_grace(work):
     proc.send_signal(signal.SIGTERM)
     assert work.wait(proc, timeout=10) == 0, work.output()
     # the current job finished, the other one was not started
-    assert wt.Square().to_dicts() == [dict(item_id=json.loads(busy["current_key"])["item_id"],
-                                           value=json.loads(busy["current_key"])["item_id"] ** 2,
-                                           checksum=0, worker_pid=proc.pid)]
+    assert wt.Square().to_dicts() == [
+        dict(
+            item_id=json.loads(busy["current_key"])["item_id"],
+            value=json.loads(busy["current_key"])["item_id"] ** 2,
+            checksum=0,
+            worker_pid=proc.pid,
+        )
+    ]
     assert wt.Square.jobs.to_arrays("status").tolist() == ["pending"]
 
 
@@ -247,8 +280,19 @@ def test_launch_starts_local_workers_that_share_the_work(work):
 def test_launch_through_submitit_runs_workers_as_scheduled_jobs(work):
     pytest.importorskip("submitit")
     work.items(10)
-    launched = work.pipeline("launch", "--cluster", "local", "-n", "2", "--wait", "--exit-when-idle",
-                             "--log-dir", str(work.folder / "submitit"), *FAST, timeout=180)
+    launched = work.pipeline(
+        "launch",
+        "--cluster",
+        "local",
+        "-n",
+        "2",
+        "--wait",
+        "--exit-when-idle",
+        "--log-dir",
+        str(work.folder / "submitit"),
+        *FAST,
+        timeout=180,
+    )
     assert launched.returncode == 0, launched.stdout + launched.stderr
     assert launched.stdout.count("submitted ") == 2
     assert sorted(wt.Square().to_arrays("item_id")) == list(range(10))

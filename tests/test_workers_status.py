@@ -12,8 +12,10 @@ def test_tables_waiting_on_their_parents_are_not_shown_complete(db):
     key = {"animal_id": 9400, "session": 1, "scan_idx": 1}
     imaging.insert_simulated_scan(small_experiment(4), key, image_id_offset=40000)
     imaging.insert_default_params()
-    rows = {row["table"].split(".")[-1]: row for row in table_status([imaging.ScanInfo, imaging.MotionCorrection,
-                                                                       imaging.Denoised])}
+    rows = {
+        row["table"].split(".")[-1]: row
+        for row in table_status([imaging.ScanInfo, imaging.MotionCorrection, imaging.Denoised])
+    }
     assert rows["ScanInfo"]["remaining"] >= 1 and rows["ScanInfo"]["waiting_on"] == []
     assert rows["MotionCorrection"]["waiting_on"] == ["ScanInfo"]
     assert rows["Denoised"]["waiting_on"] == ["ScanInfo", "MotionCorrection"]

@@ -81,8 +81,11 @@ def simulate(
 
 @identity.register(
     "pose_data",
-    validate=identity.bounds(minimum={"n_sequences": 1, "n_frames": 1, "noise_px": 0.0, "occlusion_rate": 0.0},
-                             above={"fps": 0.0}, maximum={"occlusion_rate": 0.9}),
+    validate=identity.bounds(
+        minimum={"n_sequences": 1, "n_frames": 1, "noise_px": 0.0, "occlusion_rate": 0.0},
+        above={"fps": 0.0},
+        maximum={"occlusion_rate": 0.9},
+    ),
 )
 def synthetic_skeleton(
     *,

@@ -92,8 +92,9 @@ class PoseModel:
         return targets
 
 
-def _optimize(module: torch.nn.Module, loss_fn: Callable[[torch.Generator], torch.Tensor], *, steps: int, lr: float,
-              seed: int) -> dict[str, Any]:
+def _optimize(
+    module: torch.nn.Module, loss_fn: Callable[[torch.Generator], torch.Tensor], *, steps: int, lr: float, seed: int
+) -> dict[str, Any]:
     """Adam with a cosine learning-rate decay; returns the loss history (every 50 steps)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
@@ -118,8 +119,18 @@ def _optimize(module: torch.nn.Module, loss_fn: Callable[[torch.Generator], torc
 class FlowPoseModel(PoseModel):
     """cGNF-style: ``ConditionalFlow`` over a frame's pose given its keypoints."""
 
-    def __init__(self, n_joints: int, *, layers: int, hidden: int, condition_dropout: float, hypotheses: int,
-                 steps: int, batch_size: int, lr: float):
+    def __init__(
+        self,
+        n_joints: int,
+        *,
+        layers: int,
+        hidden: int,
+        condition_dropout: float,
+        hypotheses: int,
+        steps: int,
+        batch_size: int,
+        lr: float,
+    ):
         self.n_joints, self.hypotheses = n_joints, hypotheses
         self.module = ConditionalFlow(3 * (n_joints - 1), 3 * n_joints, layers=layers, hidden=hidden)
         self.condition_dropout, self.steps, self.batch_size, self.lr = condition_dropout, steps, batch_size, lr
@@ -141,8 +152,9 @@ class FlowPoseModel(PoseModel):
         samples = self.module.sample(self.hypotheses, conditions, torch.Generator().manual_seed(seed))
         return _unflat(samples.cpu().numpy())
 
-    def log_prob(self, poses: np.ndarray, keypoints: np.ndarray | None = None,
-                 confidence: np.ndarray | None = None) -> np.ndarray:
+    def log_prob(
+        self, poses: np.ndarray, keypoints: np.ndarray | None = None, confidence: np.ndarray | None = None
+    ) -> np.ndarray:
         """``(frames,)`` log density of root-relative poses ``(frames, joints, 3)``, marginal if no keypoints."""
         x = self._tensor(_flat(poses))
         c = None if keypoints is None else self._tensor(condition(keypoints, confidence))
@@ -153,11 +165,13 @@ class FlowPoseModel(PoseModel):
 class MinMPJPEPoseModel(PoseModel):
     """The winner-takes-all baseline: ``MultiHypothesisNet`` trained on minMPJPE."""
 
-    def __init__(self, n_joints: int, *, hypotheses: int, hidden: int, depth: int, steps: int, batch_size: int,
-                 lr: float):
+    def __init__(
+        self, n_joints: int, *, hypotheses: int, hidden: int, depth: int, steps: int, batch_size: int, lr: float
+    ):
         self.n_joints, self.hypotheses = n_joints, hypotheses
-        self.module = MultiHypothesisNet(3 * (n_joints - 1), 3 * n_joints, hypotheses=hypotheses, hidden=hidden,
-                                         depth=depth)
+        self.module = MultiHypothesisNet(
+            3 * (n_joints - 1), 3 * n_joints, hypotheses=hypotheses, hidden=hidden, depth=depth
+        )
         self.steps, self.batch_size, self.lr = steps, batch_size, lr
 
     def fit(self, data: PoseData, *, seed: int = 0) -> dict[str, Any]:
@@ -197,14 +211,32 @@ def window_starts(n_frames: int, window: int) -> list[int]:
 class MotionDiffusionPoseModel(PoseModel):
     """Platypose-style: ``MotionDenoiser`` over windows of ``frames``, reprojection-guided at sampling."""
 
-    def __init__(self, n_joints: int, *, frames: int, channels: int, blocks: int, kernel: int, diffusion_steps: int,
-                 guidance_scale: float, hypotheses: int, steps: int, batch_size: int, lr: float):
+    def __init__(
+        self,
+        n_joints: int,
+        *,
+        frames: int,
+        channels: int,
+        blocks: int,
+        kernel: int,
+        diffusion_steps: int,
+        guidance_scale: float,
+        hypotheses: int,
+        steps: int,
+        batch_size: int,
+        lr: float,
+    ):
         if frames < 1:
             raise ValueError(f"frames={frames} (expected at least 1)")
         self.n_joints, self.hypotheses, self.frames = n_joints, hypotheses, frames
         # a one-frame window only ever sees the centre tap: kernel 1 is the same function, 5x cheaper
-        self.module = MotionDenoiser(3 * (n_joints - 1), channels=channels, blocks=blocks,
-                                     kernel=kernel if frames > 1 else 1, steps=diffusion_steps)
+        self.module = MotionDenoiser(
+            3 * (n_joints - 1),
+            channels=channels,
+            blocks=blocks,
+            kernel=kernel if frames > 1 else 1,
+            steps=diffusion_steps,
+        )
         self.guidance_scale, self.steps, self.batch_size, self.lr = guidance_scale, steps, batch_size, lr
 
     def fit(self, data: PoseData, *, seed: int = 0) -> dict[str, Any]:
@@ -238,8 +270,13 @@ class MotionDiffusionPoseModel(PoseModel):
             pose = torch.cat([torch.zeros_like(joints[..., :1, :]), joints], -2)
             return cam.reprojection_residual(pose, observed, weights).sum(-1)
 
-        samples = self.module.sample(N * len(starts), T, guidance=energy, guidance_scale=self.guidance_scale,
-                                     generator=torch.Generator().manual_seed(seed))
+        samples = self.module.sample(
+            N * len(starts),
+            T,
+            guidance=energy,
+            guidance_scale=self.guidance_scale,
+            generator=torch.Generator().manual_seed(seed),
+        )
         samples = samples.reshape(N, len(starts), T, -1).cpu().numpy()
         out = np.zeros((N, F, samples.shape[-1]), dtype=np.float32)
         for w, start in enumerate(starts):
@@ -255,8 +292,9 @@ def _limits(minimum: dict[str, float], maximum: dict[str, float] | None = None) 
     return identity.bounds(minimum={**_TRAINING["minimum"], **minimum}, above=_TRAINING["above"], maximum=maximum)
 
 
-@identity.register("pose_model", validate=_limits({"layers": 1, "hidden": 1, "condition_dropout": 0.0},
-                                                  {"condition_dropout": 0.9}))
+@identity.register(
+    "pose_model", validate=_limits({"layers": 1, "hidden": 1, "condition_dropout": 0.0}, {"condition_dropout": 0.9})
+)
 def cgnf(
     n_joints: int,
     *,
@@ -269,8 +307,16 @@ def cgnf(
     lr: float = 1e-3,
 ) -> FlowPoseModel:
     """A conditional normalizing flow (cGNF-style), trained by maximum likelihood with conditioning dropout."""
-    return FlowPoseModel(n_joints, layers=layers, hidden=hidden, condition_dropout=condition_dropout,
-                         hypotheses=hypotheses, steps=steps, batch_size=batch_size, lr=lr)
+    return FlowPoseModel(
+        n_joints,
+        layers=layers,
+        hidden=hidden,
+        condition_dropout=condition_dropout,
+        hypotheses=hypotheses,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+    )
 
 
 @identity.register("pose_model", validate=_limits({"hidden": 1, "depth": 1}))
@@ -285,13 +331,17 @@ def min_mpjpe(
     lr: float = 1e-3,
 ) -> MinMPJPEPoseModel:
     """A network emitting ``hypotheses`` poses per input, trained on the best one's MPJPE."""
-    return MinMPJPEPoseModel(n_joints, hypotheses=hypotheses, hidden=hidden, depth=depth, steps=steps,
-                             batch_size=batch_size, lr=lr)
+    return MinMPJPEPoseModel(
+        n_joints, hypotheses=hypotheses, hidden=hidden, depth=depth, steps=steps, batch_size=batch_size, lr=lr
+    )
 
 
-@identity.register("pose_model", validate=_limits(
-    {"frames": 1, "channels": 1, "blocks": 1, "kernel": 1, "diffusion_steps": 2, "guidance_scale": 0.0}
-))
+@identity.register(
+    "pose_model",
+    validate=_limits(
+        {"frames": 1, "channels": 1, "blocks": 1, "kernel": 1, "diffusion_steps": 2, "guidance_scale": 0.0}
+    ),
+)
 def motion_diffusion(
     n_joints: int,
     *,
@@ -307,9 +357,19 @@ def motion_diffusion(
     lr: float = 1e-3,
 ) -> MotionDiffusionPoseModel:
     """A DDPM over windows of ``frames`` 3D poses, guided by the 2D keypoints at sampling (Platypose-style)."""
-    return MotionDiffusionPoseModel(n_joints, frames=frames, channels=channels, blocks=blocks, kernel=kernel,
-                                    diffusion_steps=diffusion_steps, guidance_scale=guidance_scale,
-                                    hypotheses=hypotheses, steps=steps, batch_size=batch_size, lr=lr)
+    return MotionDiffusionPoseModel(
+        n_joints,
+        frames=frames,
+        channels=channels,
+        blocks=blocks,
+        kernel=kernel,
+        diffusion_steps=diffusion_steps,
+        guidance_scale=guidance_scale,
+        hypotheses=hypotheses,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+    )
 
 
 @dataclass
@@ -330,9 +390,7 @@ def build(builder: str, config: dict[str, Any], n_joints: int, *, seed: int = 0)
     return fn(n_joints, **identity.normalize(fn, config, name=f"pose_model builder {builder!r}"))
 
 
-def train(
-    builder: str, config: dict[str, Any], data: PoseData, *, seed: int = 0, device: str | None = None
-) -> PoseFit:
+def train(builder: str, config: dict[str, Any], data: PoseData, *, seed: int = 0, device: str | None = None) -> PoseFit:
     """Build a pose model, fit it to ``data`` and return it with its (CPU) weights as bytes.
 
     ``device``: ``"cpu"``, ``"cuda"`` or None (CUDA when torch sees a GPU). Batches and noise are

@@ -144,8 +144,14 @@ def forward_kinematics(
     return joints
 
 
-def smooth_signal(rng: np.random.Generator, shape: tuple[int, ...], n_frames: int, fps: float,
-                  frequencies: tuple[float, float] = (0.1, 0.8), components: int = 3) -> np.ndarray:
+def smooth_signal(
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    n_frames: int,
+    fps: float,
+    frequencies: tuple[float, float] = (0.1, 0.8),
+    components: int = 3,
+) -> np.ndarray:
     """Smooth random signals of unit scale: sums of sinusoids with random frequency and phase.
 
     Returns

@@ -15,7 +15,6 @@ from pipeline import identity
 from pipeline.imaging import motion, pmd, segmentation, traces
 
 
-
 def _check_pmd(config: dict) -> None:
     """PMD's validation hook: positive sizes, and blocks that overlap less than their size."""
     identity.bounds(minimum={"block_size": 1, "overlap": 0, "max_rank": 1, "max_fails": 1, "noise_sims": 1})(config)

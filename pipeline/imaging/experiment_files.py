@@ -75,7 +75,7 @@ def _rows(path: Path) -> list[dict]:
             raise ExperimentFileError(f"{path}: not valid JSON ({error})") from None
         rows = data.get("trials") if isinstance(data, dict) else data
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise ExperimentFileError(f"{path}: expected a JSON list of trial objects or {{\"trials\": [...]}}")
+            raise ExperimentFileError(f'{path}: expected a JSON list of trial objects or {{"trials": [...]}}')
         return rows
     if path.suffix.lower() != ".csv":
         raise ExperimentFileError(f"{path}: unknown trial file type {path.suffix!r} (expected .csv or .json)")
@@ -100,8 +100,9 @@ def _column(path: Path, rows: list[dict], name: str, kind: type) -> np.ndarray:
 def _one_of(path: Path, columns: set, frames: str, seconds: str) -> str:
     present = [c for c in (frames, seconds) if c in columns]
     if len(present) != 1:
-        raise ExperimentFileError(f"{path}: has {present or 'neither'} of {frames!r} / {seconds!r} (expected "
-                                  "exactly one)")
+        raise ExperimentFileError(
+            f"{path}: has {present or 'neither'} of {frames!r} / {seconds!r} (expected exactly one)"
+        )
     return present[0]
 
 
@@ -125,8 +126,9 @@ def read_trials(path: str | Path) -> TrialFile:
     onset_name = _one_of(path, columns, "onset_frame", "onset_time")
     duration_name = _one_of(path, columns, "duration_frames", "duration_time")
     if (onset_name, duration_name) == ("onset_frame", "duration_time"):
-        raise ExperimentFileError(f"{path}: duration_time with onset_frame (expected duration_time with onset_time, "
-                                  "or duration_frames)")
+        raise ExperimentFileError(
+            f"{path}: duration_time with onset_frame (expected duration_time with onset_time, or duration_frames)"
+        )
     trial_idx = _column(path, rows, "trial_idx", int)
     repeated = sorted({int(t) for t in trial_idx if (trial_idx == t).sum() > 1})
     if repeated:
@@ -214,14 +216,17 @@ def read_behavior(path: str | Path, frame_times: np.ndarray) -> dict[str, np.nda
     columns = set(rows[0]) if rows else set()
     missing = [c for c in BEHAVIOR_COLUMNS if c not in columns]
     if missing:
-        raise ExperimentFileError(f"{path}: missing column(s) {missing} (expected {list(BEHAVIOR_COLUMNS)}, and "
-                                  "'time' unless there is one row per frame)")
+        raise ExperimentFileError(
+            f"{path}: missing column(s) {missing} (expected {list(BEHAVIOR_COLUMNS)}, and "
+            "'time' unless there is one row per frame)"
+        )
     values = {name: _column(path, rows, name, float) for name in (*BEHAVIOR_COLUMNS, "time") if name in columns}
     nframes = len(frame_times)
     if "time" not in values:
         if len(rows) != nframes:
-            raise ExperimentFileError(f"{path}: {len(rows)} rows (expected {nframes}, one per frame, or a 'time' "
-                                      "column)")
+            raise ExperimentFileError(
+                f"{path}: {len(rows)} rows (expected {nframes}, one per frame, or a 'time' column)"
+            )
         return {name: values[name].astype(np.float32) for name in BEHAVIOR_COLUMNS}
     time = values["time"]
     if np.any(np.diff(time) <= 0):

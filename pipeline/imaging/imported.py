@@ -57,8 +57,9 @@ def _peak_one(weights: np.ndarray) -> np.ndarray:
     return (weights / np.maximum(peak, 1e-12)[:, None, None]).astype(np.float32)
 
 
-def read_suite2p(folder: str | Path, shape: tuple[int, int], *, only_cells: bool = True,
-                 neuropil_ratio: float = 0.7) -> ImportedCells:
+def read_suite2p(
+    folder: str | Path, shape: tuple[int, int], *, only_cells: bool = True, neuropil_ratio: float = 0.7
+) -> ImportedCells:
     """Cells of a suite2p plane folder.
 
     Parameters
@@ -76,23 +77,28 @@ def read_suite2p(folder: str | Path, shape: tuple[int, int], *, only_cells: bool
     files = {name: folder / f"{name}.npy" for name in ("stat", "iscell", "F", "Fneu")}
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
-        raise ImportedResultsError(f"suite2p output missing: {missing} (expected stat.npy, iscell.npy, F.npy and "
-                                   f"Fneu.npy in {folder})")
+        raise ImportedResultsError(
+            f"suite2p output missing: {missing} (expected stat.npy, iscell.npy, F.npy and Fneu.npy in {folder})"
+        )
     stat = np.load(files["stat"], allow_pickle=True)
     iscell = np.load(files["iscell"])
     fluorescence = np.load(files["F"]).astype(np.float32)
     neuropil = np.load(files["Fneu"]).astype(np.float32)
     if not (len(stat) == len(iscell) == len(fluorescence) == len(neuropil)):
-        raise ImportedResultsError(f"{folder}: stat has {len(stat)} ROIs, iscell {len(iscell)}, F {len(fluorescence)}, "
-                                   f"Fneu {len(neuropil)} (expected the same number in each)")
+        raise ImportedResultsError(
+            f"{folder}: stat has {len(stat)} ROIs, iscell {len(iscell)}, F {len(fluorescence)}, "
+            f"Fneu {len(neuropil)} (expected the same number in each)"
+        )
     keep = np.flatnonzero(iscell[:, 0] > 0.5) if only_cells else np.arange(len(stat))
     height, width = shape
     weights = np.zeros((len(keep), height, width), dtype=np.float32)
     for i, roi in enumerate(stat[keep]):
         y, x = np.asarray(roi["ypix"], np.int64), np.asarray(roi["xpix"], np.int64)
         if y.size and (y.max() >= height or x.max() >= width or min(y.min(), x.min()) < 0):
-            raise ImportedResultsError(f"{folder}: ROI {keep[i]} has pixels outside the scan's {height} x {width} "
-                                       "frames (expected suite2p run on this scan)")
+            raise ImportedResultsError(
+                f"{folder}: ROI {keep[i]} has pixels outside the scan's {height} x {width} "
+                "frames (expected suite2p run on this scan)"
+            )
         weights[i, y, x] = np.asarray(roi.get("lam", np.ones(y.size)), np.float32)
     return ImportedCells(_peak_one(weights), fluorescence[keep] - neuropil_ratio * neuropil[keep])
 
@@ -119,19 +125,24 @@ def read_caiman(path: str | Path, shape: tuple[int, int], *, only_accepted: bool
         if "estimates/A" not in f or "estimates/C" not in f:
             raise ImportedResultsError(f"{path}: no estimates/A and estimates/C (expected CaImAn's cnm.save() layout)")
         group = f["estimates/A"]
-        matrix = sparse.csc_matrix((group["data"][()], group["indices"][()], group["indptr"][()]),
-                                   shape=tuple(group["shape"][()]))
+        matrix = sparse.csc_matrix(
+            (group["data"][()], group["indices"][()], group["indptr"][()]), shape=tuple(group["shape"][()])
+        )
         calcium = f["estimates/C"][()].astype(np.float32)
         if "estimates/YrA" in f and f["estimates/YrA"].shape == calcium.shape:
             calcium = calcium + f["estimates/YrA"][()].astype(np.float32)
         dims = tuple(int(d) for d in f["estimates/dims"][()]) if "estimates/dims" in f else tuple(shape)
         accepted = f["estimates/idx_components"][()] if "estimates/idx_components" in f else None
     if dims != tuple(shape) or matrix.shape[0] != shape[0] * shape[1]:
-        raise ImportedResultsError(f"{path}: components of {dims} frames ({matrix.shape[0]} pixels) (expected the "
-                                   f"scan's {shape[0]} x {shape[1]})")
+        raise ImportedResultsError(
+            f"{path}: components of {dims} frames ({matrix.shape[0]} pixels) (expected the "
+            f"scan's {shape[0]} x {shape[1]})"
+        )
     if matrix.shape[1] != calcium.shape[0]:
-        raise ImportedResultsError(f"{path}: A has {matrix.shape[1]} components but C {calcium.shape[0]} traces "
-                                   "(expected one trace per component)")
+        raise ImportedResultsError(
+            f"{path}: A has {matrix.shape[1]} components but C {calcium.shape[0]} traces "
+            "(expected one trace per component)"
+        )
     keep = np.arange(matrix.shape[1])
     if only_accepted and accepted is not None and np.size(accepted):
         keep = np.asarray(accepted, np.int64)
@@ -152,8 +163,9 @@ def _as_segmentation(cells: ImportedCells, movie: np.ndarray) -> segmentation.Se
 
 
 @identity.register("imaging", "import_suite2p")
-def import_suite2p(movie: np.ndarray, scan_path: str, *, folder: str = "suite2p/plane0",
-                   only_cells: bool = True) -> segmentation.Segmentation:
+def import_suite2p(
+    movie: np.ndarray, scan_path: str, *, folder: str = "suite2p/plane0", only_cells: bool = True
+) -> segmentation.Segmentation:
     """Segmentation builder: the cells suite2p found, from ``folder`` beside the scan's file.
 
     The correlation image and each cell's score come from ``movie`` (the denoised movie), so
@@ -164,17 +176,26 @@ def import_suite2p(movie: np.ndarray, scan_path: str, *, folder: str = "suite2p/
 
 
 @identity.register("imaging", "import_caiman")
-def import_caiman(movie: np.ndarray, scan_path: str, *, file: str = "caiman_results.hdf5",
-                  only_accepted: bool = True) -> segmentation.Segmentation:
+def import_caiman(
+    movie: np.ndarray, scan_path: str, *, file: str = "caiman_results.hdf5", only_accepted: bool = True
+) -> segmentation.Segmentation:
     """Segmentation builder: the components CaImAn accepted, from ``file`` beside the scan's file."""
     cells = read_caiman(_beside(scan_path, file), movie.shape[1:], only_accepted=only_accepted)
     return _as_segmentation(cells, movie)
 
 
 @identity.register("imaging", "import_traces")
-def import_traces(source, weights: np.ndarray, fps: float, scan_path: str, *, origin: str = "suite2p",
-                  location: str = "", neuropil_ratio: float = 0.7,
-                  baseline_window: float = 60.0) -> dict[str, np.ndarray]:
+def import_traces(
+    source,
+    weights: np.ndarray,
+    fps: float,
+    scan_path: str,
+    *,
+    origin: str = "suite2p",
+    location: str = "",
+    neuropil_ratio: float = 0.7,
+    baseline_window: float = 60.0,
+) -> dict[str, np.ndarray]:
     """Trace builder: suite2p's or CaImAn's own traces of an imported segmentation.
 
     Parameters
@@ -208,6 +229,7 @@ def import_traces(source, weights: np.ndarray, fps: float, scan_path: str, *, or
     if cells.weights.shape != weights.shape or not np.allclose(cells.weights, weights, atol=1e-6):
         raise ImportedResultsError(
             f"the segmentation's {len(weights)} masks are not the {len(cells.weights)} cells of the {origin} results "
-            f"beside {Path(scan_path).name} (expected a segmentation imported by import_{origin} from them)")
+            f"beside {Path(scan_path).name} (expected a segmentation imported by import_{origin} from them)"
+        )
     dff, _ = traces.delta_f_over_f(cells.fluorescence, fps, window=baseline_window)
     return {"fluorescence": cells.fluorescence.astype(np.float32), "dff": dff.astype(np.float32)}

@@ -384,7 +384,9 @@ def _h5_dataset(f, path: Path, dataset: str | None):
 def _h5_axes(ds, path: Path, axes: str | None = None) -> str:
     if axes is not None:
         if sorted(axes) != sorted(set(axes)) or len(axes) != ds.ndim or not set("yx") <= set(axes):
-            raise MovieFileError(f"{path}: axes {axes!r} do not fit a dataset of shape {ds.shape} (expected e.g. 'tyx')")
+            raise MovieFileError(
+                f"{path}: axes {axes!r} do not fit a dataset of shape {ds.shape} (expected e.g. 'tyx')"
+            )
         return axes
     labels = ds.attrs.get("DIMENSION_LABELS")
     if labels is not None:
@@ -442,9 +444,7 @@ def _iter_h5(path: Path, info: MovieInfo, channel: int, field_: int) -> Iterator
         ds = f[info.header["dataset"]]
         axes = info.header["axes"]
         for t in range(info.nframes):
-            index = tuple(
-                {"t": t, "z": field_, "c": channel}.get(a, slice(None)) for a in axes
-            )
+            index = tuple({"t": t, "z": field_, "c": channel}.get(a, slice(None)) for a in axes)
             try:
                 frame = ds[index]
             except (OSError, ValueError) as error:

@@ -13,7 +13,9 @@ def _iter(movie: np.ndarray | Iterable[np.ndarray]) -> Iterable[np.ndarray]:
     return (movie[t] for t in range(len(movie))) if isinstance(movie, np.ndarray) else movie
 
 
-def make_template(movie: np.ndarray, *, n_frames: int = 200, upsample_factor: int = 2, iterations: int = 2) -> np.ndarray:
+def make_template(
+    movie: np.ndarray, *, n_frames: int = 200, upsample_factor: int = 2, iterations: int = 2
+) -> np.ndarray:
     """A motion-free reference image, ``(height, width)`` float32.
 
     The mean of ``n_frames`` frames taken evenly through the movie, refined ``iterations``
@@ -31,7 +33,9 @@ def make_template(movie: np.ndarray, *, n_frames: int = 200, upsample_factor: in
     frames = np.stack([np.asarray(movie[i], dtype=np.float32) for i in index])
     template = frames.mean(0)
     for _ in range(iterations):
-        shifts = [phase_cross_correlation(template, f, upsample_factor=upsample_factor, normalization=None)[0] for f in frames]
+        shifts = [
+            phase_cross_correlation(template, f, upsample_factor=upsample_factor, normalization=None)[0] for f in frames
+        ]
         template = np.mean([apply_shift(f, s) for f, s in zip(frames, shifts)], axis=0)
     return template.astype(np.float32)
 

@@ -131,7 +131,9 @@ def _leading_components(
 
 
 @lru_cache(maxsize=16)
-def _noise_thresholds(bh: int, bw: int, n_t: int, seed: int, n_sims: int, n_components: int, device: str) -> tuple[float, float]:
+def _noise_thresholds(
+    bh: int, bw: int, n_t: int, seed: int, n_sims: int, n_components: int, device: str
+) -> tuple[float, float]:
     """Smallest spatial and temporal roughness among the leading components of white noise."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed) + 7919)
     spatial, temporal = [], []
@@ -182,7 +184,9 @@ class PMDResult:
 
     @property
     def stored_nbytes(self) -> int:
-        return int(self.spatial.nbytes + self.temporal.nbytes + self.mean.nbytes + self.noise.nbytes + self.blocks.nbytes)
+        return int(
+            self.spatial.nbytes + self.temporal.nbytes + self.mean.nbytes + self.noise.nbytes + self.blocks.nbytes
+        )
 
     @property
     def compression_ratio(self) -> float:
@@ -233,9 +237,7 @@ class PMDResult:
         """
         weights = np.asarray(weights, dtype=np.float32)
         if weights.ndim != 3 or weights.shape[1:] != tuple(self.shape[1:]):
-            raise ValueError(
-                f"weights have shape {weights.shape} (expected (cells, {self.shape[1]}, {self.shape[2]}))"
-            )
+            raise ValueError(f"weights have shape {weights.shape} (expected (cells, {self.shape[1]}, {self.shape[2]}))")
         n = weights.shape[0]
         if n == 0:  # no cells: no traces (reshape(0, -1) below cannot infer a size)
             return np.zeros((0, self.shape[0]), dtype=np.float32)

@@ -66,8 +66,9 @@ def frame_times(
             return FrameTiming(stamps, "ScanImage frame timestamps")
     fps = info.fps or frame_rate
     if not fps or not np.isfinite(fps) or fps <= 0:
-        raise ValueError(f"{path}: no frame timing in the file's header and frame rate {frame_rate!r} "
-                         "(expected a frame rate > 0 Hz)")
+        raise ValueError(
+            f"{path}: no frame timing in the file's header and frame rate {frame_rate!r} (expected a frame rate > 0 Hz)"
+        )
     start = 0.0
     source = "frame rate"
     if info.software.startswith("ScanImage 3"):
@@ -123,12 +124,16 @@ def onset_frames(onsets: np.ndarray, times: np.ndarray) -> np.ndarray:
     frames = np.searchsorted(times, onsets - _TOLERANCE_S, side="left")
     late = np.flatnonzero(frames >= len(times))
     if late.size:
-        raise ValueError(f"onset {onsets[late[0]]:g} s is after the last frame's start ({times[-1]:g} s; expected "
-                         f"onsets within the scan's {len(times)} frames)")
+        raise ValueError(
+            f"onset {onsets[late[0]]:g} s is after the last frame's start ({times[-1]:g} s; expected "
+            f"onsets within the scan's {len(times)} frames)"
+        )
     early = np.flatnonzero(onsets < times[0] - _TOLERANCE_S)
     if early.size:
-        raise ValueError(f"onset {onsets[early[0]]:g} s is before the scan's first frame ({times[0]:g} s; expected "
-                         "onsets on the clock of the scan's start trigger)")
+        raise ValueError(
+            f"onset {onsets[early[0]]:g} s is before the scan's first frame ({times[0]:g} s; expected "
+            "onsets on the clock of the scan's start trigger)"
+        )
     return frames.astype(np.int64)
 
 
@@ -143,6 +148,8 @@ def duration_frames(onsets: np.ndarray, durations: np.ndarray, times: np.ndarray
         (frames,) start times of the frames.
     """
     first = onset_frames(onsets, times)
-    end = np.searchsorted(np.asarray(times, dtype=np.float64),
-                          np.asarray(onsets, np.float64) + np.asarray(durations, np.float64) - _TOLERANCE_S)
+    end = np.searchsorted(
+        np.asarray(times, dtype=np.float64),
+        np.asarray(onsets, np.float64) + np.asarray(durations, np.float64) - _TOLERANCE_S,
+    )
     return np.maximum(end - first, 1).astype(np.int64)

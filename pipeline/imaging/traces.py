@@ -105,13 +105,17 @@ def extract_traces(
     ring_norm = rings.sum(axis=(1, 2))
     empty = ring_norm == 0
     rings[empty] = 0.0  # a cell with no free surround gets no neuropil correction
-    stacked = np.concatenate([weights / np.maximum(norm, 1e-12)[:, None, None], rings / np.maximum(ring_norm, 1)[:, None, None]])
+    stacked = np.concatenate(
+        [weights / np.maximum(norm, 1e-12)[:, None, None], rings / np.maximum(ring_norm, 1)[:, None, None]]
+    )
     if hasattr(source, "project"):
         both = source.project(stacked)
     else:
         movie = source
         if movie.ndim != 3 or movie.shape[1:] != weights.shape[1:]:
-            raise ValueError(f"movie has shape {movie.shape} (expected (frames, {weights.shape[1]}, {weights.shape[2]}))")
+            raise ValueError(
+                f"movie has shape {movie.shape} (expected (frames, {weights.shape[1]}, {weights.shape[2]}))"
+            )
         flat = stacked.reshape(2 * n, -1)
         both = np.empty((2 * n, movie.shape[0]), dtype=np.float32)
         for start in range(0, movie.shape[0], 256):

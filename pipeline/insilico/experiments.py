@@ -95,8 +95,10 @@ def grating_tuning_experiment(
     "selectivity": (N,)}``.
     """
     if n_orientations < 2 or not frequencies:
-        raise ValueError(f"gratings: n_orientations={n_orientations}, frequencies={frequencies} "
-                         "(expected at least 2 orientations and one frequency)")
+        raise ValueError(
+            f"gratings: n_orientations={n_orientations}, frequencies={frequencies} "
+            "(expected at least 2 orientations and one frequency)"
+        )
     orientations = np.arange(n_orientations) * np.pi / n_orientations
     frequencies = np.asarray(frequencies, np.float64)
     curves = tuning_curves(response_fn, tuple(image_shape), orientations, frequencies, n_phases, amplitude)

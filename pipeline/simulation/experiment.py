@@ -297,7 +297,9 @@ def simulate_experiment(
     for start in range(0, n_frames, chunk):
         stop = min(start + chunk, n_frames)
         cells = (fluorescence[:, start:stop].T @ fp_flat).reshape(stop - start, hp, wp)
-        frame = (cells + static[None] * np_time[start:stop, None, None] + background) * vignette[None].astype(np.float32)
+        frame = (cells + static[None] * np_time[start:stop, None, None] + background) * vignette[None].astype(
+            np.float32
+        )
         for t in range(start, stop):
             dy, dx = int(shifts[t, 0]), int(shifts[t, 1])
             view = frame[t - start, margin + dy : margin + dy + height, margin + dx : margin + dx + width]

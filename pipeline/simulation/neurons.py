@@ -123,18 +123,16 @@ class Neurons:
 
     @classmethod
     def from_dict(cls, data) -> "Neurons":
-        values = {
-            f.name: np.asarray(data[f.name])
-            for f in fields(cls)
-            if f.name in data or f.default is MISSING
-        }
+        values = {f.name: np.asarray(data[f.name]) for f in fields(cls) if f.name in data or f.default is MISSING}
         values["height"] = int(values["height"])
         values["width"] = int(values["width"])
         return cls(**values)
 
     def subset(self, index: np.ndarray) -> "Neurons":
         """The neurons at ``index`` (an index array or boolean mask)."""
-        arrays = {f.name: np.asarray(getattr(self, f.name))[index] for f in fields(self) if f.name not in ("height", "width")}
+        arrays = {
+            f.name: np.asarray(getattr(self, f.name))[index] for f in fields(self) if f.name not in ("height", "width")
+        }
         return replace(self, **arrays)
 
 
@@ -246,8 +244,10 @@ def _add_pools(
 ) -> None:
     """Give a random ``fraction`` of the neurons a normalization pool, calibrated on ``reference``."""
     if not 0.0 < fraction <= 1.0 or not 0.0 < strength[0] <= strength[1]:
-        raise ValueError(f"make_neurons: normalized_fraction={fraction}, norm_strength={strength} "
-                         "(expected a fraction in (0, 1] and 0 < low <= high)")
+        raise ValueError(
+            f"make_neurons: normalized_fraction={fraction}, norm_strength={strength} "
+            "(expected a fraction in (0, 1] and 0 < low <= high)"
+        )
     # a generator of its own: the other parameters stay those of a population without pools
     rng = np.random.default_rng([seed, 2])
     n = len(neurons)
@@ -371,8 +371,7 @@ def neuron_rates(
         images = images[:, 0]
     if images.ndim != 3 or images.shape[1:] != (neurons.height, neurons.width):
         raise ValueError(
-            f"neuron_rates: images have shape {images.shape} "
-            f"(expected (n, {neurons.height}, {neurons.width}))"
+            f"neuron_rates: images have shape {images.shape} (expected (n, {neurons.height}, {neurons.width}))"
         )
     n = images.shape[0]
     contrast = _contrast(images)
@@ -387,8 +386,8 @@ def neuron_rates(
     normalized = np.flatnonzero(neurons.normalized)
     if normalized.size:
         pool = pool_energy(neurons.subset(normalized), contrast) / neurons.norm_scale[normalized]
-        z[:, normalized] = neurons.norm_gain[normalized] * z[:, normalized] / (
-            1.0 + neurons.norm_strength[normalized] * pool**2
+        z[:, normalized] = (
+            neurons.norm_gain[normalized] * z[:, normalized] / (1.0 + neurons.norm_strength[normalized] * pool**2)
         )
     k = 4.0  # sharpness of the soft threshold
     drive = np.logaddexp(0.0, k * (z - neurons.threshold[None, :])) / k

@@ -20,9 +20,19 @@ from .recordings import Recording, check_fps, read_cascade, read_spikefinder, sp
 from .supervised import SpikeModel, predict, train_spike_model
 
 __all__ = [
-    "infer_spikes", "train_spike_model", "spikefinder_correlation", "SpikeModel", "Recording",
-    "read_spikefinder", "read_cascade", "spike_counts", "deconvolve", "estimate_noise", "estimate_ar",
-    "deconvolution", "supervised",
+    "infer_spikes",
+    "train_spike_model",
+    "spikefinder_correlation",
+    "SpikeModel",
+    "Recording",
+    "read_spikefinder",
+    "read_cascade",
+    "spike_counts",
+    "deconvolve",
+    "estimate_noise",
+    "estimate_ar",
+    "deconvolution",
+    "supervised",
 ]
 
 
@@ -86,10 +96,24 @@ def deconvolution(
 
 
 @identity.register("spikes", "supervised")
-def supervised(traces: np.ndarray, fps: float, model: SpikeModel | None = None, *, training_set: str,
-               rate: float = 25.0, channels: int = 32, kernel: int = 9, dilations: list = (1, 2, 4, 8),
-               window: int = 256, batch_size: int = 16, steps: int = 1500, learning_rate: float = 0.002,
-               smoothing: float = 0.03, noise_augmentation: float = 1.5, seed: int = 0) -> np.ndarray:
+def supervised(
+    traces: np.ndarray,
+    fps: float,
+    model: SpikeModel | None = None,
+    *,
+    training_set: str,
+    rate: float = 25.0,
+    channels: int = 32,
+    kernel: int = 9,
+    dilations: list = (1, 2, 4, 8),
+    window: int = 256,
+    batch_size: int = 16,
+    steps: int = 1500,
+    learning_rate: float = 0.002,
+    smoothing: float = 0.03,
+    noise_augmentation: float = 1.5,
+    seed: int = 0,
+) -> np.ndarray:
     """Spikes from a trained network (``train_spike_model``), one trace at a time.
 
     The keyword parameters are the training configuration of the ``SpikeModel`` this method
@@ -111,8 +135,9 @@ def supervised(traces: np.ndarray, fps: float, model: SpikeModel | None = None, 
     return np.stack([predict(model, trace, fps) for trace in traces]).astype(np.float32)
 
 
-def infer_spikes(traces: np.ndarray, fps: float, method: str = "deconvolution", model: SpikeModel | None = None,
-                 **config) -> np.ndarray:
+def infer_spikes(
+    traces: np.ndarray, fps: float, method: str = "deconvolution", model: SpikeModel | None = None, **config
+) -> np.ndarray:
     """Inferred spikes per frame for every trace.
 
     Parameters

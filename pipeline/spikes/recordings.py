@@ -128,8 +128,9 @@ def read_cascade(path: str | Path, dataset: str = "") -> list[Recording]:
         fps = 1.0 / float(np.median(np.diff(time)))
         suffix = f".{index}" if len(fields) > 1 else ""
         out.append(
-            Recording(fluo, spike_counts(events, time), fps, dataset=dataset or path.parent.name,
-                      name=path.stem + suffix)
+            Recording(
+                fluo, spike_counts(events, time), fps, dataset=dataset or path.parent.name, name=path.stem + suffix
+            )
         )
     return out
 

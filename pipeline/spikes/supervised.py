@@ -54,7 +54,10 @@ class SpikeNetwork(nn.Module):
         layers: list[nn.Module] = []
         previous = 3
         for dilation in dilations:
-            layers += [nn.Conv1d(previous, channels, kernel, dilation=dilation, padding=dilation * (kernel // 2)), nn.ELU()]
+            layers += [
+                nn.Conv1d(previous, channels, kernel, dilation=dilation, padding=dilation * (kernel // 2)),
+                nn.ELU(),
+            ]
             previous = channels
         layers.append(nn.Conv1d(previous, 1, 1))
         self.layers = nn.Sequential(*layers)
@@ -120,7 +123,9 @@ def _as_recording(item) -> Recording:
     if isinstance(item, Recording):
         return item
     if not isinstance(item, Mapping):
-        raise TypeError(f"a recording is a Recording or a mapping with calcium, fps and spikes, got {type(item).__name__}")
+        raise TypeError(
+            f"a recording is a Recording or a mapping with calcium, fps and spikes, got {type(item).__name__}"
+        )
     calcium = np.asarray(item["calcium"], dtype=np.float64)
     fps = check_fps(item["fps"])
     if "spikes" in item and item["spikes"] is not None:
@@ -191,11 +196,16 @@ def train_spike_model(
         With ``score``: the mean spikefinder correlation over the training recordings.
     """
     config = {
-        "rate": float(rate), "channels": int(channels), "kernel": int(kernel), "dilations": [int(d) for d in dilations],
+        "rate": float(rate),
+        "channels": int(channels),
+        "kernel": int(kernel),
+        "dilations": [int(d) for d in dilations],
         "smoothing": float(smoothing),
     }
     recordings = [_as_recording(r) for r in recordings]
-    prepared = [p for p in (_prepare(r, rate, smoothing) for r in recordings) if p is not None and p["z"].size >= window]
+    prepared = [
+        p for p in (_prepare(r, rate, smoothing) for r in recordings) if p is not None and p["z"].size >= window
+    ]
     if not prepared:
         raise ValueError(f"no training recording is at least {window / rate:.1f} s long (window of {window} bins)")
     rng = np.random.default_rng(seed)
@@ -210,7 +220,10 @@ def train_spike_model(
         optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
         warmup = max(1, steps // 10)
         schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to zero
-            optimizer, lambda i: (i + 1) / warmup if i < warmup else 0.5 * (1 + np.cos(np.pi * (i - warmup) / max(1, steps - warmup)))
+            optimizer,
+            lambda i: (
+                (i + 1) / warmup if i < warmup else 0.5 * (1 + np.cos(np.pi * (i - warmup) / max(1, steps - warmup)))
+            ),
         )
         history = []
         network.train()
@@ -232,8 +245,10 @@ def train_spike_model(
             history.append(float(loss.detach()))
         network.eval()
     model = SpikeModel(network, config, history=history)
-    scores = [spikefinder_correlation(to_100hz(predict(model, r.calcium, r.fps), r.fps),
-                                      to_100hz(r.spikes, r.fps)) for r in recordings]
+    scores = [
+        spikefinder_correlation(to_100hz(predict(model, r.calcium, r.fps), r.fps), to_100hz(r.spikes, r.fps))
+        for r in recordings
+    ]
     model.score = float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
     return model
 

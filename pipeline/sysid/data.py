@@ -111,7 +111,9 @@ class FileTree:
         if self.images.ndim != 4 or self.images.shape[1] != 1:
             raise FileTreeError(f"{where}: images have shape {self.images.shape} (expected (n_trials, 1, H, W))")
         if self.responses.ndim != 2:
-            raise FileTreeError(f"{where}: responses have shape {self.responses.shape} (expected (n_trials, n_neurons))")
+            raise FileTreeError(
+                f"{where}: responses have shape {self.responses.shape} (expected (n_trials, n_neurons))"
+            )
         n, n_neurons = self.responses.shape
         expected = {
             "images": (self.images.shape[0], f"({n}, 1, H, W)"),
@@ -138,7 +140,9 @@ class FileTree:
             raise FileTreeError(f"{where}: meta/neurons/unit_ids has duplicates (expected {n_neurons} distinct ids)")
         bad = sorted(set(self.tiers.tolist()) - set(TIERS))
         if bad:
-            raise FileTreeError(f"{where}: meta/trials/tiers has unknown tier(s) {bad} (expected some of {list(TIERS)})")
+            raise FileTreeError(
+                f"{where}: meta/trials/tiers has unknown tier(s) {bad} (expected some of {list(TIERS)})"
+            )
 
 
 # --------------------------------------------------------------------------------------- #
@@ -690,8 +694,13 @@ def trials_filetree(
         np.isin(image_ids, repeated), "test", np.where(np.isin(image_ids, chosen), "validation", "train")
     ).astype("<U10")
     tiers = assigned if tiers is None else _given_tiers(tiers, len(image_ids))
-    stack = np.stack([np.asarray(images[int(i)], dtype=np.float32).reshape(1, *np.shape(images[int(i)])[-2:])
-                      for i in image_ids]) if len(image_ids) else np.zeros((0, 1, 1, 1), np.float32)
+    stack = (
+        np.stack(
+            [np.asarray(images[int(i)], dtype=np.float32).reshape(1, *np.shape(images[int(i)])[-2:]) for i in image_ids]
+        )
+        if len(image_ids)
+        else np.zeros((0, 1, 1, 1), np.float32)
+    )
     return FileTree(
         images=stack,
         responses=responses,

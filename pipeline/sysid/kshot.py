@@ -123,8 +123,14 @@ def neural_process_trainer(
             optimizer.step()
             total, batches = total + value, batches + 1
         current = score()
-        history.append({"epoch": epoch, "loss": total / max(batches, 1), "validation_correlation": current,
-                        "lr": optimizer.param_groups[0]["lr"]})
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": total / max(batches, 1),
+                "validation_correlation": current,
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+        )
         if current > best_score + tolerance:
             best_score, best_state, best_epoch, waited = current, copy.deepcopy(model.state_dict()), epoch, 0
             continue
@@ -140,8 +146,13 @@ def neural_process_trainer(
     seconds = time.perf_counter() - started
     return TrainingResult(
         score=float(best_score),
-        output={"history": history, "epochs": epoch, "best_epoch": best_epoch,
-                "seconds_per_epoch": seconds / max(epoch, 1), "device": str(device)},
+        output={
+            "history": history,
+            "epochs": epoch,
+            "best_epoch": best_epoch,
+            "seconds_per_epoch": seconds / max(epoch, 1),
+            "device": str(device),
+        },
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     )
 
@@ -272,9 +283,14 @@ def kshot_curve(
                 ("neural_process", np_predictions, np_seconds),
                 ("fitted_readout", fit_predictions, fit_seconds),
             ):
-                points.append({
-                    "k_request": int(k_request), "k": k, "method": method, "repeat": repeat,
-                    "seconds_per_neuron": (core_seconds + seconds) / n_neurons,
-                    **_scores(responses, predictions, image_ids),
-                })
+                points.append(
+                    {
+                        "k_request": int(k_request),
+                        "k": k,
+                        "method": method,
+                        "repeat": repeat,
+                        "seconds_per_neuron": (core_seconds + seconds) / n_neurons,
+                        **_scores(responses, predictions, image_ids),
+                    }
+                )
     return points

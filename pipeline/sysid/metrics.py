@@ -179,9 +179,7 @@ test_scores.__test__ = False  # not a pytest test despite its name
 
 
 @torch.no_grad()
-def predict(
-    model: torch.nn.Module, loader, data_key: str | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(model: torch.nn.Module, loader, data_key: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Responses, predictions and image ids of every trial in ``loader``.
 
     The model is put in eval mode and stays on its own device; batches are moved to it one at

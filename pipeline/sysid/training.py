@@ -226,9 +226,15 @@ def standard_trainer(
     for epoch in range(first, max_epochs + 1):
         if checkpoint is not None and epoch > first and checkpoint.due(epoch - 1):
             progress_state = dict(
-                best_score=best_score, best_state=checkpoints.cpu_state(best_state), best_epoch=best_epoch,
-                history=history, waited=waited, decays=decays, train_seconds=train_seconds,
-                train_images=train_images, resumed_from=resumed_from,
+                best_score=best_score,
+                best_state=checkpoints.cpu_state(best_state),
+                best_epoch=best_epoch,
+                history=history,
+                waited=waited,
+                decays=decays,
+                train_seconds=train_seconds,
+                train_images=train_images,
+                resumed_from=resumed_from,
             )
             checkpoint.save(epoch - 1, checkpoints.trainer_state(model, optimizer, dataloaders, progress_state))
         model.train()

@@ -34,8 +34,9 @@ class SpatialAugmentor(nn.Module):
 
     _POOLED = 6
 
-    def __init__(self, magnitude: float = 0.3, code_size: int = 8, hidden: int = 32, conditional: bool = False,
-                 channels: int = 1):
+    def __init__(
+        self, magnitude: float = 0.3, code_size: int = 8, hidden: int = 32, conditional: bool = False, channels: int = 1
+    ):
         super().__init__()
         if not magnitude > 0:
             raise ValueError(f"augmentor magnitude = {magnitude} (expected > 0)")
@@ -56,8 +57,10 @@ class SpatialAugmentor(nn.Module):
         z = torch.randn(n, self.code_size, generator=generator).to(self.identity.device)
         if self.conditional:
             if images is None or len(images) != n:
-                raise ValueError(f"a conditional augmentor needs the {n} images it transforms (got "
-                                 f"{None if images is None else len(images)})")
+                raise ValueError(
+                    f"a conditional augmentor needs the {n} images it transforms (got "
+                    f"{None if images is None else len(images)})"
+                )
             z = torch.cat([z, F.adaptive_avg_pool2d(images, self._POOLED).flatten(1)], dim=1)
         return self.identity + self.magnitude * torch.tanh(self.generator(z)).view(n, 2, 3)
 

@@ -40,8 +40,8 @@ def split_indices(n: int, seed: int, validation_fraction: float, test_fraction: 
     if min(n_test, n_val, n - n_test - n_val) < 1:
         raise ValueError(f"{n} images are too few to split {validation_fraction}/{test_fraction} (a tier is empty)")
     return {
-        "train": np.sort(order[n_test + n_val:]),
-        "validation": np.sort(order[n_test:n_test + n_val]),
+        "train": np.sort(order[n_test + n_val :]),
+        "validation": np.sort(order[n_test : n_test + n_val]),
         "test": np.sort(order[:n_test]),
     }
 

@@ -30,7 +30,11 @@ class DigitCNN(nn.Module):
     """
 
     def __init__(
-        self, image_shape: tuple[int, int, int], channels: list[int], n_classes: int, n_neurons: int = 0,
+        self,
+        image_shape: tuple[int, int, int],
+        channels: list[int],
+        n_classes: int,
+        n_neurons: int = 0,
         head_layer: int = 0,
     ):
         super().__init__()

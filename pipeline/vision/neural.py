@@ -59,7 +59,7 @@ def predict_responses(
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.asarray(images[start:start + batch_size], dtype=np.float32)).to(device)
+        x = torch.from_numpy(np.asarray(images[start : start + batch_size], dtype=np.float32)).to(device)
         rates = model(x, data_key, _repeat(behavior, len(x), device), _repeat(pupil_center, len(x), device))
         out.append(rates.cpu().numpy())
     model.train(was_training)

@@ -45,15 +45,16 @@ def fit_to_frame(images: np.ndarray, height: int, width: int, *, fill: float = 0
         raise ValueError(f"images have shape {images.shape} (expected (n, height, width))")
     if height < 1 or width < 1:
         raise ValueError(f"frame {height}x{width} (expected at least 1x1 pixels)")
-    resized = F.interpolate(torch.from_numpy(images)[:, None], size=(height, height), mode="bilinear",
-                            align_corners=False)[:, 0].numpy()
+    resized = F.interpolate(
+        torch.from_numpy(images)[:, None], size=(height, height), mode="bilinear", align_corners=False
+    )[:, 0].numpy()
     out = np.full((len(images), height, width), fill, dtype=np.float32)
     if width >= height:
         left = (width - height) // 2
-        out[:, :, left:left + height] = resized
+        out[:, :, left : left + height] = resized
     else:
         left = (height - width) // 2
-        out[:] = resized[:, :, left:left + width]
+        out[:] = resized[:, :, left : left + width]
     return out
 
 

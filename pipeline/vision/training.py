@@ -34,8 +34,9 @@ from .similarity import similarity_matrix, similarity_penalty
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
-             batch_size: int = 512) -> float:
+def accuracy(
+    model: torch.nn.Module, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, batch_size: int = 512
+) -> float:
     """Fraction of ``images`` (n, C, H, W) whose arg-max logit is the label (n,)."""
     predictions = predict_labels(model, images, batch_size)
     return float((predictions == np.asarray(labels)).mean())
@@ -48,7 +49,7 @@ def predict_labels(model: torch.nn.Module, images: torch.Tensor | np.ndarray, ba
     images = torch.as_tensor(np.asarray(images, dtype=np.float32))
     was_training = model.training
     model.eval()
-    out = [model(images[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)]
+    out = [model(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)]
     model.train(was_training)
     return torch.cat(out).numpy()
 
@@ -117,8 +118,12 @@ def _fit(
     model.load_state_dict(best_state)
     return TrainingResult(
         score=best,
-        output={"history": history, "best_epoch": best_epoch, "seconds": time.perf_counter() - started,
-                "device": str(device)},
+        output={
+            "history": history,
+            "best_epoch": best_epoch,
+            "seconds": time.perf_counter() - started,
+            "device": str(device),
+        },
         state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     )
 
@@ -150,8 +155,9 @@ def plain_classifier(
             images = random_affine(images, augment_magnitude, generator)
         return F.cross_entropy(model(images.to(device)), batch["labels"].to(device)), {}
 
-    return _fit(model, dataloaders, seed, progress, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                batch_loss=batch_loss)
+    return _fit(
+        model, dataloaders, seed, progress, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_loss=batch_loss
+    )
 
 
 @identity.register("vision_trainer", "similarity_regularized")
@@ -182,8 +188,9 @@ def similarity_regularized(
         ce = F.cross_entropy(logits, batch["labels"].to(device))
         return ce + similarity_weight * penalty, {"similarity_penalty": float(penalty.detach())}
 
-    return _fit(model, dataloaders, seed, progress, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                batch_loss=batch_loss)
+    return _fit(
+        model, dataloaders, seed, progress, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_loss=batch_loss
+    )
 
 
 @identity.register("vision_trainer", "cotrained")
@@ -217,8 +224,9 @@ def cotrained(
         ce = F.cross_entropy(logits, batch["labels"].to(device))
         return ce + response_weight * mse, {"response_mse": float(mse.detach())}
 
-    return _fit(model, dataloaders, seed, progress, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                batch_loss=batch_loss)
+    return _fit(
+        model, dataloaders, seed, progress, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_loss=batch_loss
+    )
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -233,12 +241,33 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     scalar tensor >= 0, 0 when the logits are equal
     """
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1), log_target=True,
-                    reduction="batchmean") * t * t
+    return (
+        F.kl_div(
+            F.log_softmax(student_logits / t, 1),
+            F.log_softmax(teacher_logits / t, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * t
+        * t
+    )
 
 
-def _distill(model, dataloaders, seed, progress, *, teacher, epochs, lr, weight_decay, temperature,
-             magnitude: float | None, augmentor_lr: float, conditional: bool = False) -> TrainingResult:
+def _distill(
+    model,
+    dataloaders,
+    seed,
+    progress,
+    *,
+    teacher,
+    epochs,
+    lr,
+    weight_decay,
+    temperature,
+    magnitude: float | None,
+    augmentor_lr: float,
+    conditional: bool = False,
+) -> TrainingResult:
     """Distil ``teacher`` into ``model`` on the train images (no labels); HARD when ``magnitude`` is given."""
     if teacher is None:
         raise ValueError("distillation needs a teacher (a trained classifier), got None")
@@ -276,8 +305,17 @@ def _distill(model, dataloaders, seed, progress, *, teacher, epochs, lr, weight_
             parts["hard_kd"] = float(hard_loss.detach())
         return loss, parts
 
-    result = _fit(model, dataloaders, seed, progress, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                  batch_loss=batch_loss, parameters=list(model.parameters()))
+    result = _fit(
+        model,
+        dataloaders,
+        seed,
+        progress,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_loss=batch_loss,
+        parameters=list(model.parameters()),
+    )
     result.output["teacher_queries"] = queries["teacher"]
     if augmentor is not None:
         result.output["augmentor"] = augmentor_summary(augmentor, dataloaders["train"].dataset.arrays["images"])
@@ -297,8 +335,11 @@ def augmentor_summary(augmentor: SpatialAugmentor, images: torch.Tensor, n: int 
     images = torch.as_tensor(np.asarray(images[:n], dtype=np.float32)).to(augmentor.identity.device)
     theta = augmentor.transforms(len(images), torch.Generator().manual_seed(0), images)
     deviation = (theta - augmentor.identity).cpu()
-    return {"mean_deviation": deviation.mean(0).tolist(), "std_deviation": deviation.std(0).tolist(),
-            "magnitude": augmentor.magnitude}
+    return {
+        "mean_deviation": deviation.mean(0).tolist(),
+        "std_deviation": deviation.std(0).tolist(),
+        "magnitude": augmentor.magnitude,
+    }
 
 
 @identity.register("vision_trainer", "knowledge_distillation")
@@ -319,8 +360,19 @@ def knowledge_distillation(
     ``teacher`` is filled by ``DistilledClassifier`` (a stored config leaves it None).
     ``output["teacher_queries"]`` counts the images the teacher was asked about.
     """
-    return _distill(model, dataloaders, seed, progress, teacher=teacher, epochs=epochs, lr=lr,
-                    weight_decay=weight_decay, temperature=temperature, magnitude=None, augmentor_lr=0.0)
+    return _distill(
+        model,
+        dataloaders,
+        seed,
+        progress,
+        teacher=teacher,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        temperature=temperature,
+        magnitude=None,
+        augmentor_lr=0.0,
+    )
 
 
 @identity.register("vision_trainer", "hard_distillation")
@@ -347,6 +399,17 @@ def hard_distillation(
     image per epoch (plain KD: one). With ``conditional`` the augmentor sees each image.
     ``output["augmentor"]`` (``augmentor_summary``) tells whether it collapsed onto one transform.
     """
-    return _distill(model, dataloaders, seed, progress, teacher=teacher, epochs=epochs, lr=lr,
-                    weight_decay=weight_decay, temperature=temperature, magnitude=magnitude,
-                    augmentor_lr=augmentor_lr, conditional=conditional)
+    return _distill(
+        model,
+        dataloaders,
+        seed,
+        progress,
+        teacher=teacher,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        temperature=temperature,
+        magnitude=magnitude,
+        augmentor_lr=augmentor_lr,
+        conditional=conditional,
+    )

@@ -118,7 +118,9 @@ def recover_orphans(tables: Sequence[type], heartbeat_timeout: float) -> dict[st
     counts = {}
     for cls in tables:
         jobs = cls().jobs
-        holders = {(h, int(p)) for h, p in zip(*jobs.reserved.to_arrays("host", "pid"))} if len(jobs.reserved) else set()
+        holders = (
+            {(h, int(p)) for h, p in zip(*jobs.reserved.to_arrays("host", "pid"))} if len(jobs.reserved) else set()
+        )
         orphans = [
             (h, p) for (h, p) in holders if (h, p) not in live and ((h, p) in dead or (h == here and not _pid_alive(p)))
         ]
@@ -128,8 +130,9 @@ def recover_orphans(tables: Sequence[type], heartbeat_timeout: float) -> dict[st
         if n:
             log.warning("%s: %d job(s) of dead workers put back to pending", cls.__name__, n)
         if m:
-            log.warning("%s: %d job(s) reserved but not computed by their live worker put back to pending",
-                        cls.__name__, m)
+            log.warning(
+                "%s: %d job(s) reserved but not computed by their live worker put back to pending", cls.__name__, m
+            )
         if n + m:
             counts[cls.__name__] = n + m
     return counts

@@ -13,6 +13,7 @@ from .controller import control
 from .selection import activate_with_modules, select_tables, table_scopes
 from .worker import WorkerOptions, run_worker
 
+
 def count_gpus() -> int:
     """GPUs on this machine (``nvidia-smi -L``), 0 when there is none."""
     if shutil.which("nvidia-smi") is None:
@@ -34,8 +35,18 @@ def worker_argv(prefix: str | None, options: WorkerOptions) -> list[str]:
         argv += ["--tables", *options.tables]
     if options.restrict:
         argv += ["--restrict", *options.restrict]
-    for name in ("priority", "max_jobs", "batch", "poll", "heartbeat", "heartbeat_timeout", "controller_interval",
-                 "refresh_interval", "grace", "give_up_after"):
+    for name in (
+        "priority",
+        "max_jobs",
+        "batch",
+        "poll",
+        "heartbeat",
+        "heartbeat_timeout",
+        "controller_interval",
+        "refresh_interval",
+        "grace",
+        "give_up_after",
+    ):
         value = getattr(options, name)
         if value is not None:
             argv += ["--" + name.replace("_", "-"), str(value)]
@@ -71,8 +82,12 @@ class ClusterOptions:
 def slurm_parameters(cluster: ClusterOptions) -> dict:
     """submitit parameters: one task, one GPU per array element, walltime and partition."""
     params = dict(
-        timeout_min=int(cluster.walltime), slurm_array_parallelism=cluster.workers, tasks_per_node=1, nodes=1,
-        cpus_per_task=cluster.cpus_per_worker, name="pipeline-worker",
+        timeout_min=int(cluster.walltime),
+        slurm_array_parallelism=cluster.workers,
+        tasks_per_node=1,
+        nodes=1,
+        cpus_per_task=cluster.cpus_per_worker,
+        name="pipeline-worker",
     )
     if cluster.gpus_per_worker:
         params["gpus_per_node"] = cluster.gpus_per_worker
@@ -90,10 +105,16 @@ def sbatch_script(cluster: ClusterOptions) -> str:
     folder = os.path.abspath(cluster.log_dir)
     params = slurm_parameters(cluster)
     return _make_sbatch_string(
-        command=f"{sys.executable} -u -m submitit.core._submit '{folder}'", folder=folder,
-        job_name=params["name"], partition=params.get("slurm_partition"), time=params["timeout_min"],
-        ntasks_per_node=1, cpus_per_task=params["cpus_per_task"], gpus_per_node=params.get("gpus_per_node"),
-        mem=f"{params['mem_gb']}GB" if "mem_gb" in params else None, array_parallelism=cluster.workers,
+        command=f"{sys.executable} -u -m submitit.core._submit '{folder}'",
+        folder=folder,
+        job_name=params["name"],
+        partition=params.get("slurm_partition"),
+        time=params["timeout_min"],
+        ntasks_per_node=1,
+        cpus_per_task=params["cpus_per_task"],
+        gpus_per_node=params.get("gpus_per_node"),
+        mem=f"{params['mem_gb']}GB" if "mem_gb" in params else None,
+        array_parallelism=cluster.workers,
         map_count=cluster.workers,
     )
 

@@ -34,8 +34,6 @@ class Worker(dj.Manual):
     """
 
 
-
-
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()

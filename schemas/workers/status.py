@@ -41,7 +41,7 @@ def table_status(tables: Sequence[type]) -> list[dict]:
     unfinished: dict[str, str] = {}  # full name -> class name of tables with work left, in dependency order
     for cls in tables:
         table = cls()
-        stage = table.database[len(prefix):] if table.database.startswith(prefix) else table.database
+        stage = table.database[len(prefix) :] if table.database.startswith(prefix) else table.database
         remaining, total = table.progress()
         jobs = table.jobs
         counts = jobs.progress() if jobs.is_declared else {"pending": 0, "reserved": 0, "error": 0}
@@ -49,9 +49,18 @@ def table_status(tables: Sequence[type]) -> list[dict]:
         waiting = [name for full_name, name in unfinished.items() if full_name in ancestors]
         if remaining or counts["pending"] or counts["reserved"] or waiting:
             unfinished[table.full_table_name] = cls.__name__
-        out.append(dict(table=f"{stage}.{cls.__name__}", rows=len(table), total=total, remaining=remaining,
-                        pending=counts["pending"], reserved=counts["reserved"], error=counts["error"],
-                        waiting_on=waiting))
+        out.append(
+            dict(
+                table=f"{stage}.{cls.__name__}",
+                rows=len(table),
+                total=total,
+                remaining=remaining,
+                pending=counts["pending"],
+                reserved=counts["reserved"],
+                error=counts["error"],
+                waiting_on=waiting,
+            )
+        )
     return out
 
 
@@ -114,8 +123,17 @@ def latest_errors(tables: Sequence[type], limit: int = 10) -> list[dict]:
         jobs = cls().jobs
         for job in jobs.errors.to_dicts(order_by="completed_time DESC", limit=limit):
             key = {k: job[k] for k in jobs.primary_key}
-            rows.append(dict(table=cls.__name__, key=key, time=job["completed_time"], host=job["host"],
-                             pid=job["pid"], message=job["error_message"], stack=job["error_stack"]))
+            rows.append(
+                dict(
+                    table=cls.__name__,
+                    key=key,
+                    time=job["completed_time"],
+                    host=job["host"],
+                    pid=job["pid"],
+                    message=job["error_message"],
+                    stack=job["error_stack"],
+                )
+            )
     rows.sort(key=lambda r: r["time"] or datetime.datetime.min, reverse=True)
     return rows[:limit]
 
@@ -123,26 +141,43 @@ def latest_errors(tables: Sequence[type], limit: int = 10) -> list[dict]:
 def status_report(tables: Sequence[type], heartbeat_timeout: float = 60.0, n_errors: int = 5) -> str:
     """``pipeline status`` as text: per table rows, jobs and progress; live workers; latest errors."""
     stats = table_status(tables)
-    parts = [_format_table(
-        ["TABLE", "ROWS", "PENDING", "RESERVED", "ERRORS", "PROGRESS"],
-        [(s["table"], s["rows"], s["pending"], s["reserved"], s["error"], _progress(s)) for s in stats],
-    )]
+    parts = [
+        _format_table(
+            ["TABLE", "ROWS", "PENDING", "RESERVED", "ERRORS", "PROGRESS"],
+            [(s["table"], s["rows"], s["pending"], s["reserved"], s["error"], _progress(s)) for s in stats],
+        )
+    ]
     workers = live_workers(heartbeat_timeout)
     lost = len(Worker & "status='lost'")
     parts.append(f"\nWORKERS: {len(workers)} live" + (f", {lost} lost" if lost else ""))
     if workers:
-        parts.append(_format_table(
-            ["HOST", "PID", "GPU", "STATUS", "SEEN", "DONE", "FAILED", "CURRENT JOB"],
-            [(w["host"], w["pid"], w["gpu"] or "cpu", w["status"], f"{w['seconds_since']:.0f}s ago", w["jobs_done"],
-              w["jobs_failed"], _current_job(w)) for w in workers],
-        ))
+        parts.append(
+            _format_table(
+                ["HOST", "PID", "GPU", "STATUS", "SEEN", "DONE", "FAILED", "CURRENT JOB"],
+                [
+                    (
+                        w["host"],
+                        w["pid"],
+                        w["gpu"] or "cpu",
+                        w["status"],
+                        f"{w['seconds_since']:.0f}s ago",
+                        w["jobs_done"],
+                        w["jobs_failed"],
+                        _current_job(w),
+                    )
+                    for w in workers
+                ],
+            )
+        )
     errors = latest_errors(tables, n_errors)
     if errors:
         parts.append("\nLATEST ERRORS")
-        parts.append(_format_table(
-            ["TABLE", "KEY", "WHEN", "MESSAGE"],
-            [(e["table"], describe_key(e["key"]), e["time"], (e["message"] or "")[:100]) for e in errors],
-        ))
+        parts.append(
+            _format_table(
+                ["TABLE", "KEY", "WHEN", "MESSAGE"],
+                [(e["table"], describe_key(e["key"]), e["time"], (e["message"] or "")[:100]) for e in errors],
+            )
+        )
     return "\n".join(parts)
 
 
@@ -158,8 +193,11 @@ def _current_job(worker: dict) -> str:
 
 def status_data(tables: Sequence[type], heartbeat_timeout: float = 60.0, n_errors: int = 5) -> dict:
     """``pipeline status --json``: the same figures as ``status_report``, as plain data."""
-    return {"tables": table_status(tables), "workers": live_workers(heartbeat_timeout),
-            "errors": latest_errors(tables, n_errors)}
+    return {
+        "tables": table_status(tables),
+        "workers": live_workers(heartbeat_timeout),
+        "errors": latest_errors(tables, n_errors),
+    }
 
 
 # -- jobs ---------------------------------------------------------------------------------------
@@ -178,7 +216,6 @@ def retry_errors(scopes: dict[type, dict]) -> dict[str, int]:
         refresh_queue(cls, [restriction] if restriction else [])
         out[cls.__name__] = len(keys)
     return out
-
 
 
 def error_jobs(scopes: dict[type, dict]) -> list[tuple[str, dict, list[str]]]:

@@ -190,8 +190,9 @@ class WorkerProcess:
 
         Raises ``DatabaseGone`` after ``options.give_up_after`` seconds without a server.
         """
-        attempts = wait_for_connection(self.connection, give_up_after=self.options.give_up_after, log=log,
-                                       wake=self._server_back)
+        attempts = wait_for_connection(
+            self.connection, give_up_after=self.options.give_up_after, log=log, wake=self._server_back
+        )
         if attempts:
             self.reconnects += 1
         if self.connection.in_transaction:  # left open by a make() that broke off
@@ -212,8 +213,11 @@ class WorkerProcess:
         except Exception as error:  # noqa: BLE001 - only connection errors are handled here
             if not is_connection_error(error):
                 raise
-            log.warning("%s: database connection lost (%s); reconnecting", what,
-                        (str(error).splitlines() or [type(error).__name__])[0][:200])
+            log.warning(
+                "%s: database connection lost (%s); reconnecting",
+                what,
+                (str(error).splitlines() or [type(error).__name__])[0][:200],
+            )
             self._reconnect()
             if self.in_job:
                 self._finish_job(self.current[0], None, ok=None)
@@ -255,8 +259,16 @@ class WorkerProcess:
         now = self.connection.query(f"SELECT {_now(self.connection)}").fetchone()[0]
         # skip_duplicates: run again after a lost reply, the insert may have been committed
         Worker.insert1(
-            dict(worker_id=self.worker_id, host=self.host, pid=self.pid, gpu=self.gpu, started=now, last_seen=now,
-                 status="idle"), skip_duplicates=True,
+            dict(
+                worker_id=self.worker_id,
+                host=self.host,
+                pid=self.pid,
+                gpu=self.gpu,
+                started=now,
+                last_seen=now,
+                status="idle",
+            ),
+            skip_duplicates=True,
         )
         return True
 
@@ -268,8 +280,9 @@ class WorkerProcess:
 
     def _beat(self, connection: dj.Connection) -> None:
         table, key = self.current
-        connection.query(self._beat_sql(), args=(self.status, table, key, self.done, self.failed, self.worker_id),
-                         reconnect=False)
+        connection.query(
+            self._beat_sql(), args=(self.status, table, key, self.done, self.failed, self.worker_id), reconnect=False
+        )
 
     def _heartbeat_loop(self) -> None:
         """Runs in its own thread, on its own connection, for as long as the worker lives.
@@ -284,7 +297,11 @@ class WorkerProcess:
             try:
                 if beat_connection is None:
                     beat_connection = dj.Connection(
-                        info["host"], info["user"], info["passwd"], info["port"], use_tls=info.get("ssl_input"),
+                        info["host"],
+                        info["user"],
+                        info["passwd"],
+                        info["port"],
+                        use_tls=info.get("ssl_input"),
                         backend=self.connection.adapter.backend,
                     )
                 self._beat(beat_connection)
@@ -294,8 +311,11 @@ class WorkerProcess:
                 failures = 0
             except Exception as error:  # noqa: BLE001 - the next beat reconnects
                 failures += 1
-                log.warning("worker %s: heartbeat failed (%s), reconnecting at the next beat", self.worker_id,
-                            (str(error).splitlines() or [type(error).__name__])[0][:200])
+                log.warning(
+                    "worker %s: heartbeat failed (%s), reconnecting at the next beat",
+                    self.worker_id,
+                    (str(error).splitlines() or [type(error).__name__])[0][:200],
+                )
                 if beat_connection is not None:
                     try:
                         beat_connection.close()
@@ -334,15 +354,18 @@ class WorkerProcess:
         before = self.done + self.failed
         started = time.monotonic()
         try:
-            self._guarded(f"{table.__class__.__name__}.populate", lambda: table.populate(
-                *self._restrictions(table),
-                reserve_jobs=True,
-                suppress_errors=True,
-                max_calls=calls,
-                priority=self.options.priority,
-                refresh=False,
-                display_progress=self.options.progress,
-            ))
+            self._guarded(
+                f"{table.__class__.__name__}.populate",
+                lambda: table.populate(
+                    *self._restrictions(table),
+                    reserve_jobs=True,
+                    suppress_errors=True,
+                    max_calls=calls,
+                    priority=self.options.priority,
+                    refresh=False,
+                    display_progress=self.options.progress,
+                ),
+            )
         except SystemExit:
             # a stop request, or DataJoint's own SIGTERM handler between two jobs
             self.stopping = True
@@ -398,7 +421,9 @@ class WorkerProcess:
             pass  # the server went away meanwhile: _guarded waited for it
         self._beat_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._beat_thread.start()
-        log.info("worker %s started (gpu %r) on %s", self.worker_id, self.gpu, [t.__class__.__name__ for t in self.tables])
+        log.info(
+            "worker %s started (gpu %r) on %s", self.worker_id, self.gpu, [t.__class__.__name__ for t in self.tables]
+        )
         try:
             while not self.stopping:
                 ran = self._pass()
@@ -468,10 +493,17 @@ def _start_up(prefix: str | None, options: WorkerOptions, first_wait: float = 0.
             waited = time.monotonic() - started
             reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
             if options.give_up_after is not None and waited + wait > options.give_up_after:
-                raise DatabaseGone(f"database unreachable for {waited:.0f} s while starting ({attempt} attempts; "
-                                   f"gave up after {options.give_up_after} s): {reason}") from error
-            log.warning("database unreachable while starting (attempt %d, %.0f s): %s; next try in %.1f s", attempt,
-                        waited, reason, wait)
+                raise DatabaseGone(
+                    f"database unreachable for {waited:.0f} s while starting ({attempt} attempts; "
+                    f"gave up after {options.give_up_after} s): {reason}"
+                ) from error
+            log.warning(
+                "database unreachable while starting (attempt %d, %.0f s): %s; next try in %.1f s",
+                attempt,
+                waited,
+                reason,
+                wait,
+            )
             time.sleep(wait)
             wait = min(longest_wait, wait * 2)
 

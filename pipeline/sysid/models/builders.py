@@ -122,9 +122,7 @@ def cnn_factorized(
     return _encoder(core, shapes, lambda s, n, m: FactorizedReadout(s, n, gamma_readout, m))
 
 
-@identity.register(
-    "model", "rotation_factorized", validate=_limits({**_CORE, "features": 1, "rotations": 1})
-)
+@identity.register("model", "rotation_factorized", validate=_limits({**_CORE, "features": 1, "rotations": 1}))
 def rotation_factorized(
     dataloaders: dict,
     seed: int,
@@ -254,9 +252,7 @@ def divisive_normalization(
     return _encoder(core, shapes, lambda s, n, m: FactorizedReadout(s, n, gamma_readout, m))
 
 
-@identity.register(
-    "model", "neural_process", validate=_limits({**_CORE, "hidden_channels": 1, "encoder_hidden": 1})
-)
+@identity.register("model", "neural_process", validate=_limits({**_CORE, "hidden_channels": 1, "encoder_hidden": 1}))
 def neural_process(
     dataloaders: dict,
     seed: int,

@@ -56,7 +56,9 @@ class StackedCNNCore(nn.Module):
             kernel = input_kernel if i == 0 else hidden_kernel
             padding = (kernel // 2) if (i > 0 or pad_input) else 0
             self.convs.append(
-                nn.Conv2d(input_channels if i == 0 else hidden_channels, hidden_channels, kernel, padding=padding, bias=False)
+                nn.Conv2d(
+                    input_channels if i == 0 else hidden_channels, hidden_channels, kernel, padding=padding, bias=False
+                )
             )
             self.norms.append(make_norm(norm, hidden_channels, momentum=momentum, pool_kernel=pool_kernel))
         self.norm = norm

@@ -111,7 +111,9 @@ class Encoder(nn.Module):
         rates = F.elu(x) + 1.0
         if self.modulator is not None:
             if behavior is None:
-                raise ValueError(f"data_key {key!r}: this model has a behaviour modulator and needs behavior (got None)")
+                raise ValueError(
+                    f"data_key {key!r}: this model has a behaviour modulator and needs behavior (got None)"
+                )
             rates = self.modulator[key](rates, behavior)
         return rates
 

@@ -79,9 +79,7 @@ class SetEncoder(nn.Module):
     def __init__(self, channels: int, hidden: int = 32):
         super().__init__()
         self.channels = channels
-        self.embed = nn.Sequential(
-            nn.Conv2d(channels + 1, hidden, 1), nn.ELU(), nn.Conv2d(hidden, hidden, 1), nn.ELU()
-        )
+        self.embed = nn.Sequential(nn.Conv2d(channels + 1, hidden, 1), nn.ELU(), nn.Conv2d(hidden, hidden, 1), nn.ELU())
         # location logits from the embedding and the correlation energy mean_c corr^2; the
         # energy starts as a smoothed spike-triggered map, so that the location is found from
         # the first step and the network learns what to add to it (e.g. at small K)
@@ -91,7 +89,9 @@ class SetEncoder(nn.Module):
             t = torch.arange(-2.0, 3.0)
             gauss = torch.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / 2.0)
             self.location.weight[0, hidden] = ENERGY_GAIN * gauss / gauss.sum()
-        self.features = nn.Sequential(nn.Linear(hidden + channels + 3, hidden), nn.ELU(), nn.Linear(hidden, channels + 1))
+        self.features = nn.Sequential(
+            nn.Linear(hidden + channels + 3, hidden), nn.ELU(), nn.Linear(hidden, channels + 1)
+        )
         # start from "weights follow the correlation at the location", bias from the mean response
         nn.init.zeros_(self.features[-1].weight)
         nn.init.zeros_(self.features[-1].bias)

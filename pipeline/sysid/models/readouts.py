@@ -29,7 +29,7 @@ def _no_shift(name: str, shift: torch.Tensor | None) -> None:
 
 
 class FactorizedReadout(nn.Module):
-    """"What x where" readout (Klindt et al. 2017): a spatial mask times feature weights.
+    """ "What x where" readout (Klindt et al. 2017): a spatial mask times feature weights.
 
     Neuron n's response is sum_{c,y,x} maps[c, y, x] * mask[n, y, x] * features[n, c] + bias[n].
     The penalty is the L1 norm of the full (mask x features) weights of every neuron, which

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", message="No datajoint.json found")
 warnings.filterwarnings("ignore", message=".*MariaDB is not officially supported.*")
 
+from benchmarks import input_faults  # noqa: E402
 from tests import fault_harness as fh  # noqa: E402
 
 # one "connected" line per run would break up the table
@@ -194,10 +195,11 @@ def main(argv=None) -> int:
     parser.add_argument("--keys", type=int, default=60)
     parser.add_argument("--job-seconds", type=float, default=0.1)
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--no-inputs", action="store_true", help="skip the input faults (benchmarks/input_faults.py)")
     args = parser.parse_args(argv)
 
     folder = Path(tempfile.mkdtemp(prefix="bench-faults-"))
-    rows = []
+    rows, input_rows = [], []
     started = time.monotonic()
     for backend in args.backends:
         missing = (fh.PrivateMariaDB if backend == "mysql" else fh.PrivatePostgres).missing()
@@ -212,6 +214,8 @@ def main(argv=None) -> int:
                 if backend in FAULTS[name][1]:
                     rows.append(run_fault(name, server, folder / f"{backend}-{len(rows)}", args))
                     print(_row(rows[-1]), file=sys.stderr, flush=True)
+            if not args.no_inputs:
+                input_rows += input_faults.run(server, folder / f"inputs-{backend}", backend)
         finally:
             server.close()
     print(
@@ -219,11 +223,17 @@ def main(argv=None) -> int:
         f"{time.monotonic() - started:.0f} s in all\n"
     )
     print_table(rows)
+    if input_rows:
+        print("\nInput faults: one bad scan beside a good one, populated by the worker loop")
+        input_faults.print_table(input_rows)
     if args.json:
         args.json.write_text(
-            json.dumps(dict(workers=args.workers, keys=args.keys, job_seconds=args.job_seconds, rows=rows), indent=1)
+            json.dumps(
+                dict(workers=args.workers, keys=args.keys, job_seconds=args.job_seconds, rows=rows, inputs=input_rows),
+                indent=1,
+            )
         )
-    if any(_damaged(r) for r in rows):
+    if any(_damaged(r) for r in rows) or any(input_faults.damaged(r) for r in input_rows):
         print(f"worker logs kept in {folder}", file=sys.stderr)
         return 1
     shutil.rmtree(folder, ignore_errors=True)

@@ -231,7 +231,8 @@ def _jobs(args: argparse.Namespace) -> int:
 # -- reproduce -----------------------------------------------------------------------------------
 
 
-def _reproduce(args: argparse.Namespace) -> int:
+def _trained_models(args: argparse.Namespace) -> list[dict]:
+    """The TrainedModel keys ``args.key`` names (``attr=value`` typed by the table's heading)."""
     import schemas
 
     from . import sysid
@@ -241,25 +242,43 @@ def _reproduce(args: argparse.Namespace) -> int:
     restriction = typed_restriction(sysid.TrainedModel, args.key)
     keys = (sysid.TrainedModel & restriction).keys()
     if not keys:
-        print(f"pipeline reproduce: no trained model matches {restriction}")
-        return 1
+        print(f"pipeline {args.command}: no trained model matches {restriction}")
+    return keys
+
+
+def _compare(key: dict, scores: dict, stored: dict | None, extra: list[str], label: str) -> None:
+    """The scores of ``key`` recomputed (``label``) beside the stored ones, one line each."""
+    print(" ".join(f"{k}={v}" for k, v in key.items()))
+    print(f"  {'score':<26}{label:>12}{'stored':>12}")
+    for line in extra:
+        print(f"  {line}")
+    for name in ("single_trial_correlation", "correlation_to_average", "feve"):
+        old = "" if stored is None or stored[name] is None else f"{stored[name]:.6f}"
+        print(f"  {name:<26}{scores[name]:>12.6f}{old:>12}")
+
+
+def _verdict(difference: float | None, tolerance: float, done: str) -> bool:
+    """Print whether ``difference`` is within ``tolerance``; True when it is not (a failure)."""
+    if difference is None:
+        print("  no stored Score to compare with")
+        return False
+    if difference > tolerance:
+        print(f"  DIFFERS: max difference {difference:.3g} > {tolerance:g}")
+        return True
+    print(f"  {done}: max difference {difference:.3g} <= {tolerance:g}")
+    return False
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from . import sysid
+
+    keys = _trained_models(args)
     failed = 0
     for key in keys:
         result = sysid.reproduce(key, device=args.device)
-        scores, stored = result["scores"], result["stored"]
-        print(" ".join(f"{k}={v}" for k, v in key.items()))
-        print(f"  {'score':<26}{'recomputed':>12}{'stored':>12}")
-        for name in ("single_trial_correlation", "correlation_to_average", "feve"):
-            old = "" if stored is None or stored[name] is None else f"{stored[name]:.6f}"
-            print(f"  {name:<26}{scores[name]:>12.6f}{old:>12}")
-        if result["max_difference"] is None:
-            print("  no stored Score to compare with")
-        elif result["max_difference"] > args.tolerance:
-            print(f"  DIFFERS: max difference {result['max_difference']:.3g} > {args.tolerance:g}")
-            failed += 1
-        else:
-            print(f"  reproduced: max difference {result['max_difference']:.3g} <= {args.tolerance:g}")
-    return 1 if failed else 0
+        _compare(key, result["scores"], result["stored"], [], "recomputed")
+        failed += _verdict(result["max_difference"], args.tolerance, "reproduced")
+    return 1 if failed or not keys else 0
 
 
 # -- ingest --------------------------------------------------------------------------------------
@@ -373,37 +392,22 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    import schemas
+    from . import modelling
 
-    from . import modelling, sysid
-    from .restrictions import typed_restriction
-
-    schemas.activate(args.prefix)
-    restriction = typed_restriction(sysid.TrainedModel, args.key)
-    keys = (sysid.TrainedModel & restriction).keys()
-    if not keys:
-        print(f"pipeline retrain: no trained model matches {restriction}")
-        return 1
+    keys = _trained_models(args)
     failed = 0
     for key in keys:
         result = modelling.retrain(key, device=args.device)
-        scores, stored = result["scores"], result["stored"]
-        print(" ".join(f"{k}={v}" for k, v in key.items()))
-        print(f"  {'weights: max difference':<26}{result['max_weight_difference']:>12.3g}")
-        print(f"  {'score':<26}{'retrained':>12}{'stored':>12}")
-        print(f"  {'validation (trainer)':<26}{result['score']:>12.6f}{result['stored_score']:>12.6f}")
-        for name in ("single_trial_correlation", "correlation_to_average", "feve"):
-            old = "" if stored is None or stored[name] is None else f"{stored[name]:.6f}"
-            print(f"  {name:<26}{scores[name]:>12.6f}{old:>12}")
+        extra = [
+            f"{'weights: max difference':<26}{result['max_weight_difference']:>12.3g}",
+            f"{'validation (trainer)':<26}{result['score']:>12.6f}{result['stored_score']:>12.6f}",
+        ]
+        _compare(key, result["scores"], result["stored"], extra, "retrained")
         differences = [result["max_weight_difference"], abs(result["score"] - result["stored_score"])]
         if result["max_score_difference"] is not None:
             differences.append(result["max_score_difference"])
-        if max(differences) > args.tolerance:
-            print(f"  DIFFERS: max difference {max(differences):.3g} > {args.tolerance:g}")
-            failed += 1
-        else:
-            print(f"  retrained: max difference {max(differences):.3g} <= {args.tolerance:g}")
-    return 1 if failed else 0
+        failed += _verdict(max(differences), args.tolerance, "retrained")
+    return 1 if failed or not keys else 0
 
 
 # -- the parser ----------------------------------------------------------------------------------

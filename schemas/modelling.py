@@ -516,28 +516,9 @@ class EnsembleScore(dj.Computed):
         return (scores[key["dataset_id"]], len(members))
 
     def make_insert(self, key, scores, n_models):
-        self.insert1(
-            {
-                **key,
-                "single_trial_correlation": scores["single_trial_correlation"],
-                "correlation_to_average": scores["correlation_to_average"],
-                "feve": None if not np.isfinite(scores["feve"]) else scores["feve"],
-                "n_units": len(scores["unit_ids"]),
-                "n_units_feve": scores["n_units_feve"],
-                "n_models": n_models,
-            }
-        )
-        self.Unit.insert(
-            {
-                **key,
-                "unit_id": int(u),
-                "single_trial_correlation": float(scores["unit_single_trial_correlation"][i]),
-                "correlation_to_average": float(scores["unit_correlation_to_average"][i]),
-                "feve": float(scores["unit_feve"][i]),
-                "fev": float(scores["unit_fev"][i]),
-            }
-            for i, u in enumerate(scores["unit_ids"])
-        )
+        row, units = sysid.score_rows(key, scores)
+        self.insert1({**row, "n_models": n_models})
+        self.Unit.insert(units)
 
 
 # --------------------------------------------------------------------------------------- #

@@ -356,6 +356,33 @@ class TrainedModel(dj.Computed):
         return count
 
 
+def score_rows(key: dict, scores: dict) -> tuple[dict, list[dict]]:
+    """The ``Score`` row and its ``Unit`` rows of ``scores`` (``metrics.test_scores`` with unit ids).
+
+    FEVE is null when no unit reaches FEV 0.15 (no NaN in a numeric column, on any backend).
+    """
+    row = {
+        **key,
+        "single_trial_correlation": scores["single_trial_correlation"],
+        "correlation_to_average": scores["correlation_to_average"],
+        "feve": None if not np.isfinite(scores["feve"]) else scores["feve"],
+        "n_units": len(scores["unit_ids"]),
+        "n_units_feve": scores["n_units_feve"],
+    }
+    units = [
+        {
+            **key,
+            "unit_id": int(u),
+            "single_trial_correlation": float(scores["unit_single_trial_correlation"][i]),
+            "correlation_to_average": float(scores["unit_correlation_to_average"][i]),
+            "feve": float(scores["unit_feve"][i]),
+            "fev": float(scores["unit_fev"][i]),
+        }
+        for i, u in enumerate(scores["unit_ids"])
+    ]
+    return row, units
+
+
 @schema
 class Score(dj.Computed):
     definition = """
@@ -392,27 +419,9 @@ class Score(dj.Computed):
         return (scores,)
 
     def make_insert(self, key, scores):
-        self.insert1(
-            {
-                **key,
-                "single_trial_correlation": scores["single_trial_correlation"],
-                "correlation_to_average": scores["correlation_to_average"],
-                "feve": None if not np.isfinite(scores["feve"]) else scores["feve"],
-                "n_units": len(scores["unit_ids"]),
-                "n_units_feve": scores["n_units_feve"],
-            }
-        )
-        self.Unit.insert(
-            {
-                **key,
-                "unit_id": int(u),
-                "single_trial_correlation": float(scores["unit_single_trial_correlation"][i]),
-                "correlation_to_average": float(scores["unit_correlation_to_average"][i]),
-                "feve": float(scores["unit_feve"][i]),
-                "fev": float(scores["unit_fev"][i]),
-            }
-            for i, u in enumerate(scores["unit_ids"])
-        )
+        row, units = score_rows(key, scores)
+        self.insert1(row)
+        self.Unit.insert(units)
 
 
 def _rebuild(names, dataset_config, model_config, seed, weights, device=None) -> tuple:

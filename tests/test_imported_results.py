@@ -99,7 +99,7 @@ def imported_scan(db):
         "suite2p": write_suite2p(folder / "suite2p" / "plane0"),
         "caiman": write_caiman(folder / "caiman_results.hdf5"),
     }
-    done = ingest.ingest_scan(folder / "scan.tif", 9400, 1, 1)  # in the store already: not copied
+    done = ingest.ingest_scan(folder / "scan.tif", 9600, 1, 1)  # in the store already: not copied
     key, defaults = done.key, done.parameters["imaging"]
     keys = {}
     for origin, builder in (("suite2p", "import_suite2p"), ("caiman", "import_caiman")):

@@ -56,8 +56,10 @@ def test_activity_has_the_deconvolved_spikes_of_every_unit(db, scan):
     from schemas import imaging, spikes
 
     key = {**scan["traces"], **scan["deconvolution"]}
-    result = spikes.Activity.populate(key, reserve_jobs=True, suppress_errors=True)
-    assert result["success_count"] == 1, result["error_list"]
+    # workers of other tests (sweeps) may have populated it already: then its row is checked as is
+    if not spikes.Activity & key:
+        result = spikes.Activity.populate(key, reserve_jobs=True, suppress_errors=True)
+        assert result["success_count"] == 1, result["error_list"]
     units = (imaging.Traces.Unit & scan["traces"]).to_dicts(order_by="unit_id")
     rows = (spikes.Activity.Unit & key).to_dicts(order_by="unit_id")
     assert [r["unit_id"] for r in rows] == [u["unit_id"] for u in units]
@@ -80,4 +82,5 @@ def test_activity_of_a_supervised_method_uses_its_trained_model(db, scan):
     expected = infer_spikes(np.stack([u["dff"] for u in units]), fps, "supervised", model)
     rows = (spikes.Activity.Unit & key).to_dicts(order_by="unit_id")
     np.testing.assert_array_equal(np.stack([r["spikes"] for r in rows]), expected)
-    assert len(spikes.Activity & scan["traces"]) == 2  # both methods side by side for the same cells
+    # both methods side by side for the same cells
+    assert len(spikes.Activity & scan["traces"] & [scan["deconvolution"], scan["supervised"]]) == 2

@@ -9,8 +9,8 @@ from schemas.workers.status import describe_key, table_status
 def test_tables_waiting_on_their_parents_are_not_shown_complete(db):
     from tests.imaging_helpers import small_experiment
 
-    key = {"animal_id": 9400, "session": 1, "scan_idx": 1}
-    imaging.insert_simulated_scan(small_experiment(4), key, image_id_offset=40000)
+    key = {"animal_id": 9700, "session": 1, "scan_idx": 1}
+    imaging.insert_simulated_scan(small_experiment(4), key, image_id_offset=70000)
     imaging.insert_default_params()
     rows = {
         row["table"].split(".")[-1]: row

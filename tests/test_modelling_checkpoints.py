@@ -110,7 +110,9 @@ def test_sigkilled_training_resumes_from_its_checkpoint_and_repeats_no_epoch(own
 
 
 def _train_uninterrupted(key: dict) -> fitting.Fit:
-    dataset_fn, dataset_config, model_fn, model_config, seed = sysid._builders(key)
+    dataset_config, model_config, seed = sysid._configs(key)
+    dataset_fn, _ = params.load_config(sysid.DatasetConfig, key)
+    model_fn, _ = params.load_config(sysid.ModelConfig, key)
     trainer_fn, trainer_config = params.load_config(sysid.TrainerConfig, key)
     assert trainer_fn is identity.resolve("trainer", "standard_trainer")
     return fitting.fit(dataset_fn, dataset_config, model_fn, model_config, trainer_fn, trainer_config, seed)

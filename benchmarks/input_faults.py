@@ -17,17 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from tests import imaging_helpers
+
 FRAMES, SIDE = 120, 20
 STEPS = ("ScanInfo", "MotionCorrection", "Denoised", "Segmentation", "Traces")
 
 
 def blob_movie(seed: int = 0, frames: int = FRAMES) -> np.ndarray:
-    """One soma-sized blob whose brightness oscillates, on a noisy background (PMD keeps rank > 0)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIDE, 0:SIDE]
-    blob = np.exp(-((yy - 10) ** 2 + (xx - 10) ** 2) / 10.0)
-    signal = 50 * np.sin(np.arange(frames) / 10.0)[:, None, None] * blob[None]
-    return (100 + signal + rng.normal(0, 1, (frames, SIDE, SIDE))).astype(np.float32)
+    """A movie with cells that PMD keeps (the tests' ``imaging_helpers.blob_movie``), float32."""
+    return imaging_helpers.blob_movie(frames, (SIDE, SIDE), seed).astype(np.float32)
 
 
 def _write(relative: str, movie: np.ndarray) -> Path:

@@ -18,7 +18,7 @@ import zlib
 import datajoint as dj
 import numpy as np
 
-from . import params
+from . import params, stores
 from .values import array_as_text, bytes_as_text, json_value, text_as_array, text_as_bytes
 
 schema = dj.Schema()
@@ -155,13 +155,9 @@ class TrainedPoseModel(dj.Computed):
 
     def delete(self, *args, **kwargs):
         """Delete rows (and their hypotheses and scores) and their stored weights."""
-        refs = [row["weights"] for row in self.to_dicts()] if len(self) else []
+        refs = stores.stored_refs(self, "weights")
         count = super().delete(*args, **kwargs)
-        collector = dj.gc.GarbageCollector(schema, store="models")
-        referenced = collector.schema_references()  # a declined delete keeps its rows and files
-        for ref in refs:
-            if ref.path not in referenced:
-                collector.delete_schema_path(ref.path)
+        stores.remove_unreferenced(schema, refs)
         return count
 
 

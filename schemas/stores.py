@@ -329,3 +329,29 @@ def _modified(info: dict) -> float:
             return value.timestamp() if hasattr(value, "timestamp") else float(value)
     # an unknown store type: treat as new, so that nothing of unknown age is deleted
     return time.time()
+
+
+def stored_refs(expression, attribute: str) -> list:
+    """The stored objects that ``attribute`` of the rows of ``expression`` references (before a delete)."""
+    return [row[attribute] for row in expression.to_dicts()] if len(expression) else []
+
+
+def remove_unreferenced(schema: dj.Schema, refs: list) -> None:
+    """Remove the stored objects of ``refs`` that no row of ``schema`` references any more.
+
+    Called after a delete with the refs taken before it: a declined delete keeps its rows, and
+    so its files. Folders (FileTree datasets) and files alike.
+    """
+    by_store: dict[str | None, list] = {}
+    for ref in refs:
+        by_store.setdefault(ref.store, []).append(ref)
+    for store, group in by_store.items():
+        collector = dj.gc.GarbageCollector(schema, store=store)
+        referenced = collector.schema_references()
+        for ref in group:
+            if ref.path in referenced:
+                continue
+            if ref.is_dir:
+                ref._backend.remove_folder(ref.path)
+            else:
+                collector.delete_schema_path(ref.path)

@@ -159,9 +159,9 @@ class Dataset(dj.Manual):
 
     def delete(self, *args, **kwargs):
         """Delete rows (cascading to trained models) and the stored folders and weights."""
-        refs = _stored_refs(self, "filetree") + _stored_refs(TrainedModel & self.proj(), "weights")
+        refs = stores.stored_refs(self, "filetree") + stores.stored_refs(TrainedModel & self.proj(), "weights")
         count = super().delete(*args, **kwargs)
-        _remove_unreferenced(refs)
+        stores.remove_unreferenced(schema, refs)
         return count
 
 
@@ -350,9 +350,9 @@ class TrainedModel(dj.Computed):
 
     def delete(self, *args, **kwargs):
         """Delete rows (and their scores) and their stored weights."""
-        refs = _stored_refs(self, "weights")
+        refs = stores.stored_refs(self, "weights")
         count = super().delete(*args, **kwargs)
-        _remove_unreferenced(refs)
+        stores.remove_unreferenced(schema, refs)
         return count
 
 
@@ -531,29 +531,3 @@ def stored_score_difference(key: dict, scores: dict) -> tuple[dict | None, float
         for name in ("single_trial_correlation", "correlation_to_average", "feve"):
             diffs.append(abs(float(scores[f"unit_{name}"][i]) - row[name]))
     return stored, float(max(diffs))
-
-
-# --------------------------------------------------------------------------------------- #
-# stored files
-# --------------------------------------------------------------------------------------- #
-
-
-def _stored_refs(expression, attribute: str) -> list:
-    return [row[attribute] for row in expression.to_dicts()] if len(expression) else []
-
-
-def _remove_unreferenced(refs: list) -> None:
-    """Remove the stored objects of ``refs`` whose rows are gone (a declined delete keeps them)."""
-    by_store: dict[str | None, list] = {}
-    for ref in refs:
-        by_store.setdefault(ref.store, []).append(ref)
-    for store, group in by_store.items():
-        collector = dj.gc.GarbageCollector(schema, store=store)
-        referenced = collector.schema_references()
-        for ref in group:
-            if ref.path in referenced:
-                continue
-            if ref.is_dir:
-                ref._backend.remove_folder(ref.path)
-            else:
-                collector.delete_schema_path(ref.path)

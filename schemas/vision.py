@@ -23,7 +23,7 @@ from __future__ import annotations
 import datajoint as dj
 import numpy as np
 
-from . import params, sysid, values
+from . import params, stores, sysid, values
 
 schema = dj.Schema()
 
@@ -293,9 +293,9 @@ class TrainedClassifier(dj.Computed):
 
     def delete(self, *args, **kwargs):
         """Delete rows (and their scores and students) and the stored weights of both."""
-        refs = _refs(self, "weights") + _refs(DistilledClassifier & self.proj(), "weights")
+        refs = stores.stored_refs(self, "weights") + stores.stored_refs(DistilledClassifier & self.proj(), "weights")
         count = super().delete(*args, **kwargs)
-        _remove_unreferenced(refs)
+        stores.remove_unreferenced(schema, refs)
         return count
 
 
@@ -504,32 +504,10 @@ class DistilledClassifier(dj.Computed):
 
     def delete(self, *args, **kwargs):
         """Delete rows and the students' stored weights."""
-        refs = _refs(self, "weights")
+        refs = stores.stored_refs(self, "weights")
         count = super().delete(*args, **kwargs)
-        _remove_unreferenced(refs)
+        stores.remove_unreferenced(schema, refs)
         return count
-
-
-# --------------------------------------------------------------------------------------- #
-# stored files
-# --------------------------------------------------------------------------------------- #
-
-
-def _refs(expression, attribute: str) -> list:
-    return [row[attribute] for row in expression.to_dicts()] if len(expression) else []
-
-
-def _remove_unreferenced(refs: list) -> None:
-    """Remove the stored objects of ``refs`` that no row of this schema references (a declined delete keeps them)."""
-    by_store: dict = {}
-    for ref in refs:
-        by_store.setdefault(ref.store, []).append(ref)
-    for store, group in by_store.items():
-        collector = dj.gc.GarbageCollector(schema, store=store)
-        referenced = collector.schema_references()
-        for ref in group:
-            if ref.path not in referenced:
-                collector.delete_schema_path(ref.path)
 
 
 __all__ = [

@@ -13,6 +13,15 @@ Usage::
     python benchmarks/pmd.py --sizes 64x64x1000 --json results.json
     python benchmarks/pmd.py --movie M.npy --truth T.npy   # any (frames, height, width) movie
 
+``--streaming`` measures the other thing: memory against movie size when the movie is not in
+memory. Movies up to 512x512x10000 are generated on the fly, a block of frames at a time (a
+``FrameSource``, as the pipeline reads a scan file), and denoised streamed and, where they fit
+(``--memory-limit-gb``), in memory; the table shows peak memory of each, and whether the two
+gave bit-identical factors (a digest of them), the SNR gain estimate and the compression::
+
+    python benchmarks/pmd.py --streaming --json streaming.json
+    python benchmarks/pmd.py --streaming --sizes 128x128x1000 128x128x8000 --block-mb 16
+
 localmd is looked for in ``../peers/localmd`` beside the project (``--localmd-python``):
 create it with ``python -m venv ../peers/localmd && ../peers/localmd/bin/pip install
 torch==2.13.0 localmd==0.0.4`` (torch first, so no CUDA wheels are pulled).
@@ -35,6 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LOCALMD = ROOT.parent / "peers" / "localmd" / "bin" / "python"
 SIZES = ("64x64x1000", "128x128x2000", "256x256x2000")
+STREAM_SIZES = ("128x128x1000", "128x128x4000", "128x128x16000", "256x256x4000", "512x512x2000", "512x512x10000")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +184,133 @@ def worker(tool: str, movie_path: str, truth_path: str | None, threads: int) -> 
     return out
 
 
+class Generated:
+    """A synthetic movie made a frame at a time: the same frames whatever the block size.
+
+    ~0.012 Gaussian cells per pixel, each active as ``max(0, sin(2 pi f t + phase))**4`` at a
+    frequency of its own, over unit white noise drawn from a generator seeded by (seed, frame).
+    """
+
+    def __init__(self, size: str, seed: int = 0):
+        h, w, t = (int(v) for v in size.split("x"))
+        self.shape = (t, h, w)
+        rng = np.random.default_rng(seed)
+        n = max(4, int(round(h * w * 200 / (128 * 128))))
+        self.seed = seed
+        yy, xx = np.mgrid[0:h, 0:w]
+        cy, cx = rng.uniform(0, h, n), rng.uniform(0, w, n)
+        self.footprints = np.exp(-((yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2) / 8.0)
+        self.footprints = self.footprints.reshape(n, -1).astype(np.float32) * rng.uniform(2, 5, n)[:, None]
+        self.freq, self.phase = rng.uniform(0.002, 0.02, n), rng.uniform(0, 2 * np.pi, n)
+
+    def frames(self):
+        t_all, h, w = self.shape
+        for t in range(t_all):
+            activity = np.maximum(0.0, np.sin(2 * np.pi * self.freq * t + self.phase)) ** 4
+            noise = np.random.default_rng([self.seed, t]).standard_normal(h * w, dtype=np.float32)
+            yield (10.0 + activity.astype(np.float32) @ self.footprints + noise).reshape(h, w)
+
+
+def _digest(result) -> str:
+    import hashlib
+
+    sha = hashlib.sha256()
+    for name, value in sorted(result.to_arrays().items()):
+        sha.update(name.encode())
+        sha.update(np.ascontiguousarray(value).tobytes())
+    return sha.hexdigest()[:16]
+
+
+def stream_worker(size: str, mode: str, block_mb: float, threads: int) -> dict:
+    """PMD on a generated movie, streamed (``mode="stream"``) or loaded whole first (``"memory"``)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from pipeline.imaging.frames import FrameSource
+    from pipeline.imaging.pmd import denoise
+
+    generated = Generated(size)
+
+    class Source(FrameSource):
+        def frames(self):
+            return generated.frames()
+
+    source = Source(generated.shape, block_bytes=int(block_mb * 2**20))
+    before = PeakRSS.rss()
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        result = denoise(source if mode == "stream" else np.asarray(source), seed=0)
+        wall = time.perf_counter() - start
+    factors = result.stored_nbytes
+    return {
+        "size": size,
+        "mode": mode,
+        "wall_s": wall,
+        "movie_bytes": source.nbytes,
+        "factor_bytes": factors,
+        "block_bytes": source.frames_per_block * source.shape[1] * source.shape[2] * 4,
+        "peak_rss_bytes": mem.peak - before,
+        "peak_over_movie": (mem.peak - before) / source.nbytes,
+        "snr_gain_estimate": float(result.snr_gain_estimate),
+        "compression_ratio": float(result.compression_ratio),
+        "rank": result.rank,
+        "digest": _digest(result),
+    }
+
+
+def streaming(args) -> int:
+    sizes = args.sizes if args.sizes != list(SIZES) else list(STREAM_SIZES)
+    rows = []
+    for size in sizes:
+        h, w, t = (int(v) for v in size.split("x"))
+        for mode in ("stream", "memory"):
+            if mode == "memory" and h * w * t * 4 * 2 > args.memory_limit_gb * 2**30:
+                rows.append(
+                    {"size": size, "mode": mode, "error": f"skipped: over --memory-limit-gb {args.memory_limit_gb}"}
+                )
+                continue
+            cmd = ["nice", sys.executable, str(Path(__file__).resolve()), "--stream-worker", size, mode]
+            cmd += ["--block-mb", str(args.block_mb), "--threads", str(args.threads)]
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+                row = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+                if row is None:
+                    row = {"size": size, "mode": mode, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+            except subprocess.TimeoutExpired:
+                row = {"size": size, "mode": mode, "error": f"timed out after {args.timeout:.0f} s"}
+            rows.append(row)
+            print(f"{size} {mode}: {row}", file=sys.stderr, flush=True)
+    digests = {}
+    for row in rows:
+        digests.setdefault(row["size"], {})[row["mode"]] = row.get("digest")
+    header = (
+        f"{'movie':<15}{'mode':<8}{'movie MB':>10}{'block MB':>10}{'factors MB':>11}{'peak MB':>9}"
+        f"{'peak/movie':>11}{'wall s':>8}{'SNR est':>9}{'compress':>10}{'rank':>6}  identical"
+    )
+    print(header)
+    print("-" * len(header))
+    mb = 2**20
+    for row in rows:
+        if "error" in row:
+            print(f"{row['size']:<15}{row['mode']:<8}  {row['error']}")
+            continue
+        pair = digests[row["size"]]
+        same = "-" if None in (pair.get("stream"), pair.get("memory")) else str(pair["stream"] == pair["memory"])
+        row["identical_to_other_mode"] = None if same == "-" else same == "True"
+        print(
+            f"{row['size']:<15}{row['mode']:<8}{row['movie_bytes'] / mb:>10.0f}{row['block_bytes'] / mb:>10.1f}"
+            f"{row['factor_bytes'] / mb:>11.1f}{row['peak_rss_bytes'] / mb:>9.0f}{row['peak_over_movie']:>11.3f}"
+            f"{row['wall_s']:>8.1f}{row['snr_gain_estimate']:>9.2f}{row['compression_ratio']:>10.1f}{row['rank']:>6d}"
+            f"  {same}"
+        )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"threads": args.threads, "block_mb": args.block_mb, "rows": rows}, indent=2)
+        )
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # driver side
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +370,21 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per tool and movie")
     parser.add_argument("--worker", choices=["ours", "localmd"], help=argparse.SUPPRESS)
+    parser.add_argument("--streaming", action="store_true", help="memory against movie size, streamed vs in memory")
+    parser.add_argument(
+        "--block-mb", type=float, default=64.0, help="--streaming: MiB of frames per block (default 64)"
+    )
+    parser.add_argument(
+        "--memory-limit-gb", type=float, default=8.0, help="--streaming: skip in-memory runs needing more (default 8)"
+    )
+    parser.add_argument("--stream-worker", nargs=2, metavar=("SIZE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.stream_worker:
+        print(json.dumps(stream_worker(*args.stream_worker, args.block_mb, args.threads)))
+        return 0
+    if args.streaming:
+        return streaming(args)
 
     if args.worker:
         print(json.dumps(worker(args.worker, args.movie, args.truth, args.threads)))

@@ -280,6 +280,24 @@ def _scan_file(key: dict) -> dict:
     }
 
 
+def _frames(scan: dict, shifts: np.ndarray | None = None):
+    """A scan's movie as a ``pipeline.imaging.frames.FileSource`` (motion-corrected by ``shifts`` if given).
+
+    Streamed a block of frames at a time: ``$PIPELINE_BLOCK_MB`` MiB per block (default 256),
+    temporary files in ``$PIPELINE_SCRATCH`` (default the system's temporary folder).
+    """
+    from pipeline.imaging.frames import FileSource, settings_from_environment
+
+    return FileSource(
+        scan["path"],
+        channel=scan["channel"],
+        field=scan["field"],
+        axes=scan["axes"],
+        shifts=shifts,
+        **settings_from_environment(),
+    )
+
+
 def _beside_scan(builder, key: dict) -> tuple:
     """``(scan_path,)`` for builders that read results beside the scan's file (suite2p, CaImAn), else ``()``."""
     import inspect
@@ -435,12 +453,9 @@ class MotionCorrection(dj.Computed):
         return scan, config
 
     def make_compute(self, key, scan, config):
-        from pipeline.imaging.scan import read_scan
-
         builder, _ = params.load_config(MotionParams, key)
         with naming_scan(key):
-            movie = read_scan(scan["path"], channel=scan["channel"], field=scan["field"], axes=scan["axes"])
-            template, shifts = builder(movie, **config)
+            template, shifts = builder(_frames(scan), **config)
         return template, shifts
 
     def make_insert(self, key, template, shifts):
@@ -481,14 +496,9 @@ class Denoised(dj.Computed):
         return scan, shifts, config
 
     def make_compute(self, key, scan, shifts, config):
-        from pipeline.imaging.scan import corrected_movie
-
         builder, _ = params.load_config(PMDParams, key)
         with naming_scan(key):
-            movie = corrected_movie(
-                scan["path"], shifts, channel=scan["channel"], field=scan["field"], axes=scan["axes"]
-            )
-            result = builder(movie, **config)
+            result = builder(_frames(scan, shifts), **config)
         return (result.to_arrays(), result.rank, result.compression_ratio, result.snr_gain_estimate)
 
     def make_insert(self, key, arrays, rank, compression_ratio, snr_gain):

@@ -8,13 +8,17 @@ import numpy as np
 from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
+from pipeline.imaging.frames import FrameSource, as_source
 
-def _iter(movie: np.ndarray | Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+
+def _iter(movie: np.ndarray | FrameSource | Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+    if isinstance(movie, FrameSource):
+        return movie.frames()
     return (movie[t] for t in range(len(movie))) if isinstance(movie, np.ndarray) else movie
 
 
 def make_template(
-    movie: np.ndarray, *, n_frames: int = 200, upsample_factor: int = 2, iterations: int = 2
+    movie: np.ndarray | FrameSource, *, n_frames: int = 200, upsample_factor: int = 2, iterations: int = 2
 ) -> np.ndarray:
     """A motion-free reference image, ``(height, width)`` float32.
 
@@ -24,13 +28,14 @@ def make_template(
     Parameters
     ----------
     movie
-        (frames, height, width) array (a memory map is fine: only the chosen frames are read).
+        (frames, height, width) array or :class:`~pipeline.imaging.frames.FrameSource`:
+        only the chosen frames are read (in one pass over a file).
     """
     nframes = len(movie)
     if nframes == 0:
         raise ValueError("movie has 0 frames (expected at least 1)")
     index = np.unique(np.linspace(0, nframes - 1, min(n_frames, nframes)).round().astype(int))
-    frames = np.stack([np.asarray(movie[i], dtype=np.float32) for i in index])
+    frames = as_source(movie).take(index)
     template = frames.mean(0)
     for _ in range(iterations):
         shifts = [
@@ -41,7 +46,7 @@ def make_template(
 
 
 def estimate_shifts(
-    movie: np.ndarray | Iterable[np.ndarray],
+    movie: np.ndarray | FrameSource | Iterable[np.ndarray],
     template: np.ndarray,
     *,
     max_shift: float = 10.0,
@@ -52,7 +57,8 @@ def estimate_shifts(
     Parameters
     ----------
     movie
-        (frames, height, width) array or an iterable of (height, width) frames (streamed).
+        (frames, height, width) array, a :class:`~pipeline.imaging.frames.FrameSource` or an
+        iterable of (height, width) frames (the last two are streamed).
     template
         (height, width) reference image.
     max_shift
@@ -93,7 +99,7 @@ def correct(movie: np.ndarray | Iterable[np.ndarray], shifts: np.ndarray) -> np.
 
 
 def motion_correction(
-    movie: np.ndarray,
+    movie: np.ndarray | FrameSource,
     *,
     template_frames: int = 200,
     max_shift: float = 10.0,
@@ -104,6 +110,10 @@ def motion_correction(
     The shifts are taken relative to their median, so that the reference is the position the
     field of view holds most of the time and most frames need no interpolation (integer
     shifts are applied exactly); the template is moved to match.
+
+    A :class:`~pipeline.imaging.frames.FrameSource` is read twice, frame by frame: once for
+    the ``template_frames`` frames of the template, once for the shifts; memory holds the
+    template's frames, never the movie.
     """
     template = make_template(movie, n_frames=template_frames, upsample_factor=upsample_factor)
     shifts = estimate_shifts(movie, template, max_shift=max_shift, upsample_factor=upsample_factor)

@@ -11,14 +11,22 @@ blocks of the same size; decomposition of the block stops after ``max_fails`` co
 rejections. The denoised movie is the blocks' low-rank reconstructions recombined with
 separable linear-ramp weights over the overlaps.
 
-Runs in torch (on the GPU when one is visible), block by block: only one block of the movie
-is held in working memory beside the factors, so peak memory stays near the movie's own
-size plus the output of :meth:`PMDResult.reconstruct`. Deterministic for a given ``seed``.
+Runs in torch (on the GPU when one is visible), block by block: only one spatial block of the
+movie (all its frames) is held in working memory beside the factors. An array is read block
+by block in place; a :class:`~pipeline.imaging.frames.FrameSource` (a scan file read as it is
+motion-corrected) is streamed once, a block of frames at a time, into a temporary file of
+tiles (each spatial block's pixels contiguous over time) from which the blocks are read back:
+peak memory is one block of frames or twice one spatial block, plus the factors, whatever the
+movie's length, and the factors are bit-identical to those of the same movie in memory.
+Deterministic for a given ``seed``.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -26,6 +34,7 @@ import numpy as np
 import torch
 
 from pipeline.device import choose_device
+from pipeline.imaging.frames import ArraySource, FrameSource
 
 __all__ = ["PMDResult", "denoise", "noise_level", "block_grid"]
 
@@ -294,8 +303,60 @@ def _float32_block(movie: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.
     return raw.astype(np.float32, copy=False)
 
 
+class _Tiles:
+    """A streamed movie's spatial blocks on disk: block ``b`` is a contiguous (frames, pixels) float32 run."""
+
+    def __init__(self, path: str, n_blocks: int, n_t: int, pixels: int):
+        self.path, self.n_t, self.pixels = path, n_t, pixels
+        self.fd = os.open(path, os.O_RDWR)
+        os.ftruncate(self.fd, n_blocks * n_t * pixels * 4)
+
+    def write(self, b: int, t0: int, rows: np.ndarray) -> None:
+        data = np.ascontiguousarray(rows, dtype=np.float32).tobytes()
+        os.pwrite(self.fd, data, (b * self.n_t + t0) * self.pixels * 4)
+
+    def read(self, b: int) -> np.ndarray:
+        size = self.n_t * self.pixels * 4
+        out = np.empty((self.n_t, self.pixels), dtype=np.float32)
+        view, done = memoryview(out).cast("B"), 0
+        while done < size:
+            got = os.preadv(self.fd, [view[done:]], b * size + done)
+            if got <= 0:
+                raise OSError(f"{self.path}: short read of block {b} ({done} of {size} bytes)")
+            done += got
+        return out
+
+
+@contextmanager
+def _in_place():
+    """No tiles: an array's blocks are read in place."""
+    yield None
+
+
+@contextmanager
+def _tiled(source: FrameSource, origins: list[tuple[int, int]], bh: int, bw: int):
+    """Stream ``source`` once into a temporary tile file; yield a :class:`_Tiles`; remove the file."""
+    n_t = source.shape[0]
+    handle, path = tempfile.mkstemp(prefix="pmd-", suffix=".tiles", dir=source.scratch_dir())
+    os.close(handle)
+    tiles = None
+    try:
+        tiles = _Tiles(path, len(origins), n_t, bh * bw)
+        for t0, chunk in source.blocks():
+            if not np.isfinite(chunk).all():
+                bad = t0 + int(np.flatnonzero(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1))[0])
+                raise ValueError(f"movie has non-finite values in frame {bad} (expected finite values)")
+            for b, (y0, x0) in enumerate(origins):
+                tiles.write(b, t0, chunk[:, y0 : y0 + bh, x0 : x0 + bw].reshape(len(chunk), -1))
+        yield tiles
+    finally:
+        if tiles is not None:
+            os.close(tiles.fd)
+        os.unlink(path)
+
+
 def denoise(
-    movie: np.ndarray,
+    movie: np.ndarray | FrameSource,
     *,
     seed: int = 0,
     block_size: int = 32,
@@ -312,7 +373,8 @@ def denoise(
     Parameters
     ----------
     movie
-        (frames, height, width) array of any real dtype (a memory map is read block by block).
+        (frames, height, width) array of any real dtype (a memory map is read block by block),
+        or a :class:`~pipeline.imaging.frames.FrameSource` (streamed; see the module's notes).
     seed
         Seed of the simulated noise blocks that set the rejection thresholds.
     block_size
@@ -344,6 +406,8 @@ def denoise(
         A movie that is not 3-D, is not real-valued, has fewer than 2 frames, or holds
         non-finite values or values beyond the float32 range.
     """
+    if isinstance(movie, ArraySource):
+        movie = movie.array
     if movie.ndim != 3:
         raise ValueError(f"movie has shape {movie.shape} (expected (frames, height, width))")
     if np.dtype(movie.dtype).kind not in "uif":
@@ -368,10 +432,15 @@ def denoise(
     freqs = torch.fft.rfftfreq(n_t, device=dev)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     band = (freqs >= noise_band[0]) & (freqs <= noise_band[1])
-    for iy, y0 in enumerate(ys):
-        for ix, x0 in enumerate(xs):
+    origins = [(y0, x0) for y0 in ys for x0 in xs]
+    with _tiled(movie, origins, bh, bw) if isinstance(movie, FrameSource) else _in_place() as tiles:
+        for b, (y0, x0) in enumerate(origins):
+            iy, ix = ys.index(y0), xs.index(x0)
             y1, x1 = y0 + bh, x0 + bw
-            block = _float32_block(movie, y0, y1, x0, x1).reshape(n_t, -1)
+            if tiles is None:
+                block = _float32_block(movie, y0, y1, x0, x1).reshape(n_t, -1)
+            else:
+                block = tiles.read(b)
             y = torch.from_numpy(np.ascontiguousarray(block.T)).to(dev)  # (P, T)
             del block
             mu = y.mean(dim=1, keepdim=True)

@@ -1,4 +1,8 @@
-"""Whole-scan steps over movie files: validate a scan while reading its header, load it motion-corrected."""
+"""Whole-scan steps over movie files: validate a scan while reading its header, load it.
+
+To read a scan a block of frames at a time (motion-corrected or not), see
+:class:`pipeline.imaging.frames.FileSource`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.imaging import io, motion
+from pipeline.imaging import io
 
 
 def scan_info(path: str | Path, *, channel: int = 0, field: int = 0, axes: str | None = None) -> io.MovieInfo:
@@ -29,16 +33,3 @@ def scan_info(path: str | Path, *, channel: int = 0, field: int = 0, axes: str |
 def read_scan(path: str | Path, *, channel: int = 0, field: int = 0, axes: str | None = None) -> np.ndarray:
     """One channel and field of a scan, (frames, height, width) float32."""
     return io.read_movie(path, channel=channel, field=field, axes=axes)
-
-
-def corrected_movie(
-    path: str | Path, shifts: np.ndarray, *, channel: int = 0, field: int = 0, axes: str | None = None
-) -> np.ndarray:
-    """The motion-corrected movie of a scan, (frames, height, width) float32, frame by frame."""
-    info = io.movie_info(path, axes=axes)
-    if len(shifts) != info.nframes:
-        raise ValueError(f"{path}: {info.nframes} frames but {len(shifts)} shifts (expected one shift per frame)")
-    out = np.empty((info.nframes, info.height, info.width), dtype=np.float32)
-    for t, frame in enumerate(io.iter_frames(path, channel=channel, field=field, axes=axes)):
-        out[t] = motion.apply_shift(frame, shifts[t])
-    return out

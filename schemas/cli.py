@@ -99,6 +99,7 @@ def worker_options(args: argparse.Namespace):
         refresh_interval=args.refresh_interval,
         grace=args.grace,
         gpu=args.gpu,
+        gpu_fraction=args.gpu_fraction,
         give_up_after=None if args.give_up_after <= 0 else args.give_up_after,
     )
 
@@ -143,6 +144,7 @@ def _launch(args: argparse.Namespace) -> int:
         mem=args.mem,
         log_dir=args.log_dir,
         wait=args.wait,
+        per_gpu=args.per_gpu,
     )
     if not args.cluster:
         return launch_local(args.prefix, options, cluster)
@@ -444,6 +446,11 @@ def _worker_arguments(parser: argparse.ArgumentParser) -> None:
         "the scheduler's CUDA_VISIBLE_DEVICES / SLURM_LOCALID",
     )
     parser.add_argument(
+        "--gpu-fraction",
+        type=float,
+        help="most of the GPU's memory this worker may take, in (0, 1] (several workers sharing one GPU)",
+    )
+    parser.add_argument(
         "--batch",
         type=int,
         help="keys listed per populate call (default: about 2 s of work, from the mean job duration, 1 to 50)",
@@ -596,6 +603,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     launch.add_argument("--partition", help="SLURM partition")
     launch.add_argument("--walltime", type=float, default=240, help="minutes per worker job (default 240)")
+    launch.add_argument(
+        "--per-gpu",
+        type=int,
+        default=1,
+        help="workers sharing each GPU, each with 1/N of its memory (small models; default 1)",
+    )
     launch.add_argument("--gpus-per-worker", type=int, default=1, help="GPUs per array element (default 1; 0 = CPU)")
     launch.add_argument("--cpus-per-worker", type=int, default=4, help="CPUs per array element (default 4)")
     launch.add_argument("--mem", type=int, help="GB of memory per array element")

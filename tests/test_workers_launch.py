@@ -97,3 +97,31 @@ def test_slurm_dry_run_prints_a_job_array_with_one_gpu_per_worker(capsys, tmp_pa
 def test_unknown_table_names_the_choices():
     with pytest.raises(workers.SelectionError, match="no auto-populated table 'Nope'"):
         workers.select_tables(["Nope"])
+
+
+def test_per_gpu_shares_each_gpu_among_workers_with_a_memory_fraction():
+    options = workers.WorkerOptions(tables=["Square"], exit_when_idle=True)
+    commands = workers.local_worker_commands("lab_", options, workers.ClusterOptions(gpus="0,1", per_gpu=3))
+    assert [argv[argv.index("--gpu") + 1] for argv in commands] == ["0", "0", "0", "1", "1", "1"]
+    assert {argv[argv.index("--gpu-fraction") + 1] for argv in commands} == {"0.333333"}
+    parsed = cli.build_parser().parse_args(commands[0][3:])
+    assert cli.worker_options(parsed).gpu_fraction == pytest.approx(0.333333)
+    # one worker per GPU by default: no fraction
+    single = workers.local_worker_commands(None, options, workers.ClusterOptions(gpus="0,1"))
+    assert [argv[argv.index("--gpu") + 1] for argv in single] == ["0", "1"]
+    assert not any("--gpu-fraction" in argv for argv in single)
+
+
+def test_per_gpu_without_gpus_and_a_bad_fraction_are_errors(monkeypatch):
+    from schemas.workers import launch
+
+    monkeypatch.setattr(launch, "count_gpus", lambda: 0)  # a machine without GPUs, as CI's
+    options = workers.WorkerOptions()
+    with pytest.raises(ValueError, match=r"per_gpu = 2 but this machine has no GPU"):
+        workers.local_worker_commands(None, options, workers.ClusterOptions(gpus="", per_gpu=2))
+    with pytest.raises(ValueError, match=r"per_gpu = 0 \(expected >= 1 workers per GPU\)"):
+        workers.local_worker_commands(None, options, workers.ClusterOptions(gpus="0", per_gpu=0))
+    from schemas.workers.worker import limit_gpu_memory
+
+    with pytest.raises(ValueError, match=r"gpu_fraction = 1.5 \(expected a fraction of the GPU's memory in \(0, 1\]\)"):
+        limit_gpu_memory(1.5)

@@ -34,7 +34,15 @@ Modules: ``registry`` (the ``Worker`` table), ``selection`` (which tables), ``co
 """
 
 from .controller import control, mark_lost_workers, recover_orphans, refresh_queue, release_reserved
-from .launch import ClusterOptions, count_gpus, launch_local, launch_submitit, sbatch_script, worker_argv
+from .launch import (
+    ClusterOptions,
+    count_gpus,
+    launch_local,
+    launch_submitit,
+    local_worker_commands,
+    sbatch_script,
+    worker_argv,
+)
 from .registry import LIVE_STATUSES, Worker, key_json, schema
 from .selection import (
     SelectionError,
@@ -65,6 +73,7 @@ __all__ = [
     "key_json",
     "latest_errors",
     "launch_local",
+    "local_worker_commands",
     "launch_submitit",
     "live_workers",
     "mark_lost_workers",

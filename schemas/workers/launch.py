@@ -46,6 +46,7 @@ def worker_argv(prefix: str | None, options: WorkerOptions) -> list[str]:
         "refresh_interval",
         "grace",
         "give_up_after",
+        "gpu_fraction",
     ):
         value = getattr(options, name)
         if value is not None:
@@ -55,9 +56,18 @@ def worker_argv(prefix: str | None, options: WorkerOptions) -> list[str]:
     return argv
 
 
-def run_worker_task(prefix: str | None, options: WorkerOptions) -> int:
-    """Entry point of one scheduled worker (submitit pickles this function and its arguments)."""
-    code = run_worker(prefix, options)
+def run_worker_task(prefix: str | None, options: WorkerOptions, per_gpu: int = 1) -> int:
+    """Entry point of one scheduled array element (submitit pickles this function and its arguments).
+
+    One worker in this process; with ``per_gpu`` > 1, that many worker processes sharing the
+    element's GPU, each limited to its share of the GPU's memory.
+    """
+    if per_gpu > 1:
+        gpu = options.gpu if options.gpu is not None else _scheduled_gpu()
+        commands = [_worker_command(prefix, options, gpu, per_gpu) for _ in range(per_gpu)]
+        code = _run_children(commands, dict(os.environ))
+    else:
+        code = run_worker(prefix, options)
     if code:
         raise RuntimeError(f"worker exited with status {code}")
     return code
@@ -77,6 +87,7 @@ class ClusterOptions:
     mem: int | None = None  # GB per array element
     log_dir: str = "worker-logs"
     wait: bool = False
+    per_gpu: int = 1  # workers sharing each GPU (small models), each with 1/per_gpu of its memory
 
 
 def slurm_parameters(cluster: ClusterOptions) -> dict:
@@ -137,7 +148,8 @@ def launch_submitit(prefix: str | None, options: WorkerOptions, cluster: Cluster
         executor.update_parameters(**params)
     else:
         executor.update_parameters(timeout_min=params["timeout_min"], name=params["name"])
-    jobs = executor.map_array(run_worker_task, [prefix] * cluster.workers, [options] * cluster.workers)
+    n = cluster.workers
+    jobs = executor.map_array(run_worker_task, [prefix] * n, [options] * n, [cluster.per_gpu] * n)
     for job in jobs:
         print(f"submitted {job.job_id}")
     if not cluster.wait:
@@ -152,23 +164,45 @@ def launch_submitit(prefix: str | None, options: WorkerOptions, cluster: Cluster
     return 1 if failed else 0
 
 
-def launch_local(prefix: str | None, options: WorkerOptions, cluster: ClusterOptions) -> int:
-    """Start one worker process per GPU (or ``cluster.workers``, CPU workers by default); wait for all."""
+def _scheduled_gpu() -> str:
+    """The GPU a scheduler gave this process (CUDA_VISIBLE_DEVICES, SLURM_LOCALID), without pinning it."""
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    local = os.environ.get("SLURM_LOCALID")
+    if len(visible) > 1 and local is not None and int(local) < len(visible):
+        return visible[int(local)]
+    return ",".join(visible) or "none"
+
+
+def _worker_command(prefix: str | None, options: WorkerOptions, gpu: str, per_gpu: int) -> list[str]:
+    argv = [sys.executable, "-m", "schemas.cli", *worker_argv(prefix, options), "--gpu", gpu]
+    if per_gpu > 1 and options.gpu_fraction is None and gpu != "none":
+        argv += ["--gpu-fraction", f"{1 / per_gpu:.6g}"]
+    return argv
+
+
+def local_worker_commands(prefix: str | None, options: WorkerOptions, cluster: ClusterOptions) -> list[list[str]]:
+    """The command line of every worker ``launch_local`` starts.
+
+    GPUs: ``cluster.gpus`` or every GPU here; ``cluster.per_gpu`` workers per GPU by default,
+    each with ``--gpu-fraction 1/per_gpu``. Without GPUs: one CPU worker per core.
+    """
+    if cluster.per_gpu < 1:
+        raise ValueError(f"per_gpu = {cluster.per_gpu} (expected >= 1 workers per GPU)")
     gpus = cluster.gpus.split(",") if cluster.gpus else [str(i) for i in range(count_gpus())]
-    n = cluster.workers or (len(gpus) or os.cpu_count() or 1)
-    env = dict(os.environ)
-    if not gpus:
-        # CPU workers: one core each, no thread oversubscription
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    _prepare_queues(prefix, options)
-    base = worker_argv(prefix, options)
-    children = []
-    for i in range(n):
-        gpu = gpus[i % len(gpus)] if gpus else "none"
-        # the command line, run as a program: workers are independent processes
-        argv = [sys.executable, "-m", "schemas.cli", *base, "--gpu", gpu]
-        children.append(subprocess.Popen(argv, env=env))
-    print(f"launched {n} worker(s): pids {' '.join(str(c.pid) for c in children)}", flush=True)
+    if cluster.per_gpu > 1 and not gpus:
+        raise ValueError(f"per_gpu = {cluster.per_gpu} but this machine has no GPU (expected GPUs to share; use -n)")
+    n = cluster.workers or (len(gpus) * cluster.per_gpu or os.cpu_count() or 1)
+    # worker i on GPU i // per_gpu: the first per_gpu workers share the first GPU, and so on
+    return [
+        _worker_command(prefix, options, gpus[(i // cluster.per_gpu) % len(gpus)] if gpus else "none", cluster.per_gpu)
+        for i in range(n)
+    ]
+
+
+def _run_children(commands: list[list[str]], env: dict) -> int:
+    """Start every command, forward SIGTERM/SIGINT to them, wait for all; the largest exit status."""
+    children = [subprocess.Popen(argv, env=env) for argv in commands]
+    print(f"launched {len(children)} worker(s): pids {' '.join(str(c.pid) for c in children)}", flush=True)
 
     def forward(signum, frame):
         for child in children:
@@ -179,3 +213,15 @@ def launch_local(prefix: str | None, options: WorkerOptions, cluster: ClusterOpt
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
     return max(codes) if codes else 0
+
+
+def launch_local(prefix: str | None, options: WorkerOptions, cluster: ClusterOptions) -> int:
+    """Start the workers of :func:`local_worker_commands` as processes here; wait for all."""
+    commands = local_worker_commands(prefix, options, cluster)
+    env = dict(os.environ)
+    if all(argv[argv.index("--gpu") + 1] == "none" for argv in commands):
+        # CPU workers: one core each, no thread oversubscription
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    _prepare_queues(prefix, options)
+    # the command line, run as a program: workers are independent processes
+    return _run_children(commands, env)

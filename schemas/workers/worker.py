@@ -51,6 +51,21 @@ def pin_gpu(gpu: str | None) -> str:
     return value
 
 
+def limit_gpu_memory(fraction: float | None) -> None:
+    """Let this process take at most ``fraction`` of its GPU's memory (workers sharing one GPU).
+
+    Nothing happens without CUDA (a CPU worker); a fraction outside (0, 1] is an error.
+    """
+    if fraction is None:
+        return
+    if not 0 < fraction <= 1:
+        raise ValueError(f"gpu_fraction = {fraction} (expected a fraction of the GPU's memory in (0, 1])")
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(float(fraction))
+
+
 class Interrupted(SystemExit):
     """Raised in the main thread when the grace period of a stopping worker runs out."""
 
@@ -72,6 +87,7 @@ class WorkerOptions:
     refresh_interval: float = 5.0
     grace: float = 30.0
     gpu: str | None = None
+    gpu_fraction: float | None = None  # most of the GPU's memory this worker may take (several workers per GPU)
     give_up_after: float | None = 3600.0  # seconds without a database before the worker exits; None: never
     progress: bool = False  # tqdm bars per populate call (an interactive run, e.g. the demo)
 
@@ -515,6 +531,7 @@ def run_worker(prefix: str | None, options: WorkerOptions) -> int:
     """
     setup_logging()
     gpu = pin_gpu(options.gpu)  # before anything can initialize CUDA
+    limit_gpu_memory(options.gpu_fraction)
     try:
         tables = _start_up(prefix, options)
     except DatabaseGone as error:

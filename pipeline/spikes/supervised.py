@@ -20,6 +20,8 @@ import torch
 from scipy.ndimage import gaussian_filter1d
 from torch import nn
 
+from pipeline.device import choose_device
+
 from .metric import spikefinder_correlation
 from .recordings import Recording, check_fps, spike_counts
 from .resampling import fill_gaps, rebin, to_100hz
@@ -211,12 +213,14 @@ def train_spike_model(
     rng = np.random.default_rng(seed)
     datasets = sorted({p["dataset"] for p in prepared})
     by_dataset = {d: [i for i, p in enumerate(prepared) if p["dataset"] == d] for d in datasets}
+    device = choose_device()  # CUDA when a GPU is visible (a GPU worker), else the CPU
     with _threads(threads):
         torch.manual_seed(seed)
         network = build_network(config)
         mean_rate = float(np.mean([p["target"][p["valid"]].mean() for p in prepared if p["valid"].any()])) * rate
         with torch.no_grad():  # start at the mean firing rate (inverse softplus)
             network.layers[-1].bias.fill_(float(np.log(np.expm1(max(mean_rate, 1e-3)))))
+        network.to(device)
         optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
         warmup = max(1, steps // 10)
         schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to zero
@@ -232,10 +236,11 @@ def train_spike_model(
             extra = rng.uniform(0, noise_augmentation, size=batch_size) * noise
             z = z + rng.standard_normal(z.shape).astype(np.float32) * extra[:, None].astype(np.float32)
             noise = np.sqrt(noise**2 + extra**2)
-            prediction = network(network_input(torch.from_numpy(z), torch.from_numpy(noise.astype(np.float32))))
-            mask = torch.from_numpy(valid)
+            inputs = network_input(torch.from_numpy(z), torch.from_numpy(noise.astype(np.float32)))
+            prediction = network(inputs.to(device))
+            mask = torch.from_numpy(valid).to(device)
             # in spikes per second: targets of order one whatever the rate
-            loss = ((prediction - torch.from_numpy(target) * rate) ** 2)[mask].mean()
+            loss = ((prediction - torch.from_numpy(target).to(device) * rate) ** 2)[mask].mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -307,8 +312,8 @@ def predict(model: SpikeModel, trace: np.ndarray, fps: float) -> np.ndarray:
                 x = network_input(torch.from_numpy(z)[None], torch.tensor([noise], dtype=torch.float32))
                 pad = field_bins // 2
                 x = nn.functional.pad(x, (pad, pad), mode="reflect")
-                rates = model.network.layers(x)
-                rates = nn.functional.softplus(rates[:, 0, pad : pad + n_out])[0].double().numpy() / rate
+                rates = model.network.layers(x.to(next(model.network.parameters()).device))
+                rates = nn.functional.softplus(rates[:, 0, pad : pad + n_out])[0].double().cpu().numpy() / rate
             out = rebin(rates, rate, fps, trace.size, "sum")
     out[missing] = np.nan
     return out

@@ -148,8 +148,11 @@ def peer_comparison(loaders: dict, args, workdir: Path) -> dict:
         "threads": torch.get_num_threads(),
     }
     (workdir / "peer_config.json").write_text(json.dumps(peer_config))
-    # ours: the same fixed number of epochs, best validation epoch kept, no learning-rate decay
-    ours = fit("cnn_gaussian", loaders, args.seed, {"max_epochs": epochs, "lr": TRAINER["lr"], "patience": epochs + 1})
+    # ours: the same fixed number of epochs, best validation epoch kept, no learning-rate decay;
+    # once in float32 as the peer, once with the bfloat16 forward pass (precision="bfloat16")
+    same = {"max_epochs": epochs, "lr": TRAINER["lr"], "patience": epochs + 1}
+    ours = fit("cnn_gaussian", loaders, args.seed, same)
+    ours_bf16 = fit("cnn_gaussian", loaders, args.seed, {**same, "precision": "bfloat16"})
     command = [
         str(args.peer_python),
         str(PEER_RUNNER),
@@ -165,7 +168,12 @@ def peer_comparison(loaders: dict, args, workdir: Path) -> dict:
         "epochs": epochs,
         "batch_size": peer_config["batch_size"],
         "ours": ours,
+        "ours_bfloat16": ours_bf16,
         "neuralpredictors": peer,
+        "time_per_epoch_ratio_ours_bfloat16_over_peer": ours_bf16["seconds_per_epoch"] / peer["seconds_per_epoch"],
+        "correlation_to_average_ratio_ours_bfloat16_over_peer": (
+            ours_bf16["correlation_to_average"] / peer["correlation_to_average"]
+        ),
         "time_per_epoch_ratio_ours_over_peer": ours["seconds_per_epoch"] / peer["seconds_per_epoch"],
         "correlation_to_average_ratio_ours_over_peer": ours["correlation_to_average"] / peer["correlation_to_average"],
         "single_trial_correlation_ratio_ours_over_peer": (
@@ -310,16 +318,20 @@ def print_report(report: dict) -> None:
         print(
             f"\nGaussian-readout baseline vs neuralpredictors 0.3.0 ({peer['epochs']} epochs, batch {peer['batch_size']}):"
         )
-        for side in ("ours", "neuralpredictors"):
+        for side in ("ours", "ours_bfloat16", "neuralpredictors"):
             p = peer[side]
             print(
                 f"  {side:18s} {p['seconds_per_epoch']:7.2f} s/epoch  {p['images_per_second']:7.0f} img/s  "
                 f"single {p['single_trial_correlation']:.3f}  avg {p['correlation_to_average']:.3f}"
             )
         print(
-            f"  ratio ours/peer: time per epoch {peer['time_per_epoch_ratio_ours_over_peer']:.2f}, "
+            f"  ratio ours/peer (float32): time per epoch {peer['time_per_epoch_ratio_ours_over_peer']:.2f}, "
             f"correlation to average {peer['correlation_to_average_ratio_ours_over_peer']:.3f}, "
             f"single-trial {peer['single_trial_correlation_ratio_ours_over_peer']:.3f}"
+        )
+        print(
+            f"  ratio ours/peer (bfloat16): time per epoch {peer['time_per_epoch_ratio_ours_bfloat16_over_peer']:.2f}, "
+            f"correlation to average {peer['correlation_to_average_ratio_ours_bfloat16_over_peer']:.3f}"
         )
 
 

@@ -94,3 +94,18 @@ def test_every_model_trains_on_a_simulated_filetree_population(tmp_path):
         assert sorted(set(image_ids.tolist())) == sorted(
             set(loaders["test"]["sim"].dataset.arrays["image_id"].tolist())
         )
+
+
+def test_bfloat16_forward_learns_as_float32_and_keeps_float32_weights():
+    loaders = synthetic_loaders(n_neurons=(6,), n_train=256, n_validation=64)
+    _, full = fit(loaders)
+    model, half = fit(synthetic_loaders(n_neurons=(6,), n_train=256, n_validation=64), precision="bfloat16")
+    assert half.score > 0.2
+    assert abs(half.score - full.score) < 0.05
+    assert {t.dtype for t in half.state_dict.values() if t.is_floating_point()} == {torch.float32}
+    assert half.score == pytest.approx(training.validation_correlation(model, loaders["validation"]), abs=1e-12)
+
+
+def test_unknown_precision_is_refused_at_insert_time():
+    with pytest.raises(identity.ConfigError, match=r"precision = 'half' \(expected one of \['bfloat16', 'float32'\]\)"):
+        identity.normalize(training.standard_trainer, {"precision": "half"})

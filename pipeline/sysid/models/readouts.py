@@ -123,7 +123,8 @@ class GaussianReadout(nn.Module):
         if shift is not None:
             grid = grid + shift[:, None, :]
         values = F.grid_sample(maps, grid[:, :, None, :], align_corners=True)  # (B, C, N, 1)
-        return torch.einsum("bcn,cn->bn", values[..., 0], self.features) + self.bias
+        # a broadcast product summed over channels: no permuted copies, unlike einsum's bmm
+        return (values[..., 0] * self.features).sum(dim=1) + self.bias
 
     def regularizer(self) -> torch.Tensor:
         return self.gamma_readout * self.features.abs().sum()

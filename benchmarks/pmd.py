@@ -187,28 +187,36 @@ def worker(tool: str, movie_path: str, truth_path: str | None, threads: int) -> 
 class Generated:
     """A synthetic movie made a frame at a time: the same frames whatever the block size.
 
-    ~0.012 Gaussian cells per pixel, each active as ``max(0, sin(2 pi f t + phase))**4`` at a
-    frequency of its own, over unit white noise drawn from a generator seeded by (seed, frame).
+    ~0.012 Gaussian cells per pixel in 24 ensembles; each ensemble is active as
+    ``max(0, sin(2 pi f t + phase))**4`` at a frequency of its own, over unit white noise drawn
+    from a generator seeded by (seed, frame). A frame costs 24 image-sized sums, so movies of
+    512 x 512 x 10000 are made in minutes.
     """
 
-    def __init__(self, size: str, seed: int = 0):
+    def __init__(self, size: str, seed: int = 0, ensembles: int = 24):
         h, w, t = (int(v) for v in size.split("x"))
         self.shape = (t, h, w)
+        self.seed = seed
         rng = np.random.default_rng(seed)
         n = max(4, int(round(h * w * 200 / (128 * 128))))
-        self.seed = seed
-        yy, xx = np.mgrid[0:h, 0:w]
-        cy, cx = rng.uniform(0, h, n), rng.uniform(0, w, n)
-        self.footprints = np.exp(-((yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2) / 8.0)
-        self.footprints = self.footprints.reshape(n, -1).astype(np.float32) * rng.uniform(2, 5, n)[:, None]
-        self.freq, self.phase = rng.uniform(0.002, 0.02, n), rng.uniform(0, 2 * np.pi, n)
+        maps = np.zeros((ensembles, h, w), dtype=np.float32)
+        r = 6  # footprint radius (pixels): exp(-d^2 / 8) is < 1e-3 beyond it
+        offsets = np.arange(-r, r + 1)
+        patch = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / 8.0).astype(np.float32)
+        for cy, cx, group, amplitude in zip(
+            rng.integers(0, h, n), rng.integers(0, w, n), rng.integers(0, ensembles, n), rng.uniform(2, 5, n)
+        ):
+            y0, y1, x0, x1 = max(cy - r, 0), min(cy + r + 1, h), max(cx - r, 0), min(cx + r + 1, w)
+            maps[group, y0:y1, x0:x1] += amplitude * patch[y0 - cy + r : y1 - cy + r, x0 - cx + r : x1 - cx + r]
+        self.maps = maps.reshape(ensembles, -1)
+        self.freq, self.phase = rng.uniform(0.002, 0.02, ensembles), rng.uniform(0, 2 * np.pi, ensembles)
 
     def frames(self):
         t_all, h, w = self.shape
         for t in range(t_all):
-            activity = np.maximum(0.0, np.sin(2 * np.pi * self.freq * t + self.phase)) ** 4
+            activity = (np.maximum(0.0, np.sin(2 * np.pi * self.freq * t + self.phase)) ** 4).astype(np.float32)
             noise = np.random.default_rng([self.seed, t]).standard_normal(h * w, dtype=np.float32)
-            yield (10.0 + activity.astype(np.float32) @ self.footprints + noise).reshape(h, w)
+            yield (10.0 + activity @ self.maps + noise).reshape(h, w)
 
 
 def _digest(result) -> str:

@@ -13,6 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["pipeline", "pipeline.*", "schemas", "schemas.*"]),
+    package_data={"pipeline.spikes.weights": ["*.pt"]},  # the shipped spike-inference weights
     install_requires=[
         "datajoint>=2.3.5,<2.4",
         # the default database: an embedded PostgreSQL server, no installation needed

@@ -77,6 +77,16 @@ def timed(fn):
     return value, time.perf_counter() - start
 
 
+def train_models(recordings, params: dict, ensemble: int) -> list:
+    """``ensemble`` networks trained with seeds ``seed``, ``seed + 1``, ..."""
+    return [train_spike_model(recordings, **{**params, "seed": params["seed"] + k}) for k in range(ensemble)]
+
+
+def supervised(recording, models: list) -> np.ndarray:
+    """The mean of the ensemble's inferred spikes."""
+    return np.mean([infer_spikes(recording.calcium[None], recording.fps, "supervised", m)[0] for m in models], axis=0)
+
+
 def our_methods(recording, model) -> dict:
     """{method: (spikes, seconds)} for one recording."""
     out = {
@@ -84,20 +94,18 @@ def our_methods(recording, model) -> dict:
         "deconvolution-ar2": timed(lambda: infer_spikes(recording.calcium[None], recording.fps, order=2)[0]),
     }
     if model is not None:
-        out["supervised"] = timed(lambda: infer_spikes(recording.calcium[None], recording.fps, "supervised", model)[0])
+        out["supervised"] = timed(lambda: supervised(recording, model))
     return out
 
 
-def cross_validate(recordings, params: dict, oasis_python: Path | None) -> dict:
-    groups = sorted({SAME_CELLS.get(r.dataset, r.dataset) for r in recordings})
+def cross_validate(recordings, params: dict, oasis_python: Path | None, folds=None, ensemble: int = 1) -> dict:
     cells, training = [], {}
     infer_spikes(recordings[0].calcium[None][:, :500], recordings[0].fps)  # compile once, outside the timings
     oasis = run_oasis(recordings, oasis_python) if oasis_python else None
-    for group in groups:
-        held = [i for i, r in enumerate(recordings) if SAME_CELLS.get(r.dataset, r.dataset) == group]
+    for group, held in folds or dataset_folds(recordings):
         train = [r for i, r in enumerate(recordings) if i not in held]
-        model, seconds = timed(lambda: train_spike_model(train, **params))
-        training[group] = {"seconds": seconds, "training_correlation": model.score}
+        model, seconds = timed(lambda: train_models(train, params, ensemble))
+        training[group] = {"seconds": seconds, "training_correlation": float(np.mean([m.score for m in model]))}
         print(f"fold {group}: trained on {len(train)} recordings in {seconds:.0f} s", file=sys.stderr, flush=True)
         for i in held:
             r = recordings[i]
@@ -110,6 +118,24 @@ def cross_validate(recordings, params: dict, oasis_python: Path | None) -> dict:
                 row["oasis-ar1_seconds"] = oasis[1][i]
             cells.append(row)
     return {"cells": cells, "training": training}
+
+
+def cell_folds(recordings, folds: int = 2) -> list[tuple[str, list[int]]]:
+    """Held-out cells that look like the challenge's test cells: other cells of a spikefinder
+    dataset (same preparation, indicator, 100 Hz resampling and noise), the rest of that
+    dataset and every other dataset for training. Cells alternate between ``folds`` folds."""
+    out = []
+    for dataset in sorted({r.dataset for r in recordings if r.dataset.startswith("spikefinder-")}):
+        members = [i for i, r in enumerate(recordings) if r.dataset == dataset]
+        for k in range(folds):
+            out.append((f"{dataset}/fold{k}", members[k::folds]))
+    return out
+
+
+def dataset_folds(recordings) -> list[tuple[str, list[int]]]:
+    """Leave one dataset out (datasets that record the same cells go out together)."""
+    groups = sorted({SAME_CELLS.get(r.dataset, r.dataset) for r in recordings})
+    return [(g, [i for i, r in enumerate(recordings) if SAME_CELLS.get(r.dataset, r.dataset) == g]) for g in groups]
 
 
 def summarize(cells: list) -> dict:
@@ -175,14 +201,25 @@ def main(argv=None) -> int:
     parser.add_argument("--oasis-python", type=Path, default=DEFAULT_OASIS, help="python of the oasis-deconv venv")
     parser.add_argument("--steps", type=int, default=1500, help="training steps of the supervised network")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cv",
+        choices=["datasets", "cells"],
+        default="datasets",
+        help="datasets: leave one dataset out; cells: held-out cells of each spikefinder dataset "
+        "(like the challenge's test cells), 2 folds",
+    )
+    parser.add_argument("--rate", type=float, help="the network's rate in Hz (default: the builder's)")
+    parser.add_argument("--ensemble", type=int, default=1, help="networks per fold, seeds seed.. (mean prediction)")
     args = parser.parse_args(argv)
     params = {"steps": args.steps, "seed": args.seed}
+    if args.rate:
+        params["rate"] = args.rate
     recordings = load_ground_truth(args.data)
     oasis_python = args.oasis_python if args.oasis_python and args.oasis_python.exists() else None
     if oasis_python is None:
         print(f"oasis-deconv not found at {args.oasis_python}: compared without it", file=sys.stderr)
     if args.eval_dir:
-        model, seconds = timed(lambda: train_spike_model(recordings, **params))
+        model, seconds = timed(lambda: train_models(recordings, params, args.ensemble))
         test = read_eval_dir(args.eval_dir)
         infer_spikes(test[0].calcium[None][:, :500], test[0].fps)
         oasis = run_oasis(test, oasis_python) if oasis_python else None
@@ -198,13 +235,19 @@ def main(argv=None) -> int:
             "eval_dir": str(args.eval_dir),
             "params": params,
             "training_seconds": seconds,
-            "training_correlation": model.score,
+            "training_correlation": float(np.mean([m.score for m in model])),
             "cells": cells,
             "summary": summarize(cells),
         }
         result["mean_correlation"] = result["summary"]["methods"]["supervised"]["mean_over_cells"]
     else:
-        result = {"params": params, **cross_validate(recordings, params, oasis_python)}
+        folds = cell_folds(recordings) if args.cv == "cells" else dataset_folds(recordings)
+        result = {
+            "params": params,
+            "cv": args.cv,
+            "ensemble": args.ensemble,
+            **cross_validate(recordings, params, oasis_python, folds, args.ensemble),
+        }
         result["summary"] = summarize(result["cells"])
         result["mean_correlation"] = result["summary"]["methods"]["supervised"]["mean_over_cells"]
     print_table(result)

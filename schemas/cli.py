@@ -1,6 +1,6 @@
 """The ``pipeline`` command: the one owner of the command line (nothing imports this module).
 
-Subcommands: ``db``, ``demo``, ``worker``, ``controller``, ``launch``, ``status``, ``jobs``,
+Subcommands: ``db``, ``demo``, ``worker``, ``controller``, ``launch``, ``status``, ``jobs``, ``spikes-pretrained``,
 ``reproduce``, ``retrain``, ``report``, ``gc``, ``ingest``, ``export-nwb``. Each parses its arguments here and calls a function of a stage or of
 ``schemas.workers``. Restrictions on the command line are ``attr=value`` pairs, checked against
 the table they restrict and typed by its heading (``schemas.restrictions``), handed to
@@ -369,6 +369,17 @@ def _gc(args: argparse.Namespace) -> int:
 # -- report --------------------------------------------------------------------------------------
 
 
+def _spikes_pretrained(args: argparse.Namespace) -> int:
+    import schemas
+
+    from . import spikes
+
+    schemas.activate(args.prefix)
+    path = spikes.export_pretrained(args.training_set, args.name, args.out)
+    print(f"wrote the {args.name!r} spike weights trained on {args.training_set!r} to {path}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     import schemas
 
@@ -617,6 +628,18 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--wait", action="store_true", help="with --cluster: wait for the workers to end")
     _worker_arguments(launch)
     launch.set_defaults(func=_launch)
+
+    pretrained = sub.add_parser(
+        "spikes-pretrained",
+        help="write the shipped spike-inference weights from a training set's SpikeModel",
+        description="Train (or reuse) the SpikeModel of the supervised method with the default configuration "
+        "on TRAINING_SET and save it as pipeline/spikes/weights/NAME.pt, which the 'pretrained' spikes "
+        "method loads.",
+    )
+    pretrained.add_argument("--training-set", required=True, help="a TrainingSet of GroundTruth recordings")
+    pretrained.add_argument("--name", default="default", help="the weights' name (default 'default')")
+    pretrained.add_argument("--out", help="write here instead of the package's weights folder")
+    pretrained.set_defaults(func=_spikes_pretrained)
 
     status = sub.add_parser("status", help="per table rows and jobs, live workers, latest errors (read-only)")
     _modules_option(status)

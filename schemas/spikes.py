@@ -280,3 +280,42 @@ class Activity(dj.Computed):
         self.Unit.insert(
             [{**key, "unit_id": int(u), "spikes": s.astype(np.float32)} for u, s in zip(unit_ids, inferred)]
         )
+
+
+def export_pretrained(
+    training_set: str, name: str = "default", path: str | Path | None = None, config: dict | None = None
+) -> Path:
+    """Write the shipped spike-inference weights from the database: the one command behind them.
+
+    Inserts (or finds) the ``supervised`` method with the default configuration (updated by
+    ``config``) on ``training_set``, trains its ``SpikeModel`` if it is not trained yet, and saves that model
+    with its provenance as ``pipeline/spikes/weights/<name>.pt`` (or ``path``), which the
+    ``pretrained`` spikes method loads. Training is deterministic on the CPU, so the same
+    ground truth gives the same weights.
+
+    Raises
+    ------
+    ValueError
+        If the training set does not exist.
+    """
+    from pipeline.spikes import weights
+
+    if not TrainingSet & {"training_set": training_set}:
+        known = ", ".join(TrainingSet().to_arrays("training_set").tolist()) or "none"
+        raise ValueError(f"training set {training_set!r} does not exist (expected one of: {known})")
+    method = SpikeMethod.insert_method("supervised", {**(config or {}), "training_set": training_set}, "shipped weights")
+    key = {"spike_method_hash": method["spike_method_hash"], "training_set": training_set}
+    SpikeModel.populate(key)
+    row = (SpikeModel & key).fetch1("training_correlation", "n_recordings", "wall_seconds", "versions")
+    members = (TrainingSet.Member & key).to_arrays("truth_dataset")
+    provenance = {
+        "training_set": training_set,
+        "spike_method_hash": key["spike_method_hash"],
+        "datasets": sorted(set(members.tolist())),
+        "n_recordings": int(row[1]),
+        "training_correlation": float(row[0]),
+        "wall_seconds": float(row[2]),
+        # versions without the host: the file is shipped
+        "versions": {k: v for k, v in values.json_value(row[3]).items() if k != "host"},
+    }
+    return weights.save(SpikeModel.load_model(key), path or weights.path_of(name), provenance)

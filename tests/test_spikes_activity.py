@@ -84,3 +84,17 @@ def test_activity_of_a_supervised_method_uses_its_trained_model(db, scan):
     np.testing.assert_array_equal(np.stack([r["spikes"] for r in rows]), expected)
     # both methods side by side for the same cells
     assert len(spikes.Activity & scan["traces"] & [scan["deconvolution"], scan["supervised"]]) == 2
+
+
+def test_pretrained_method_infers_without_ground_truth_or_training(db, scan):
+    from schemas import imaging, spikes
+
+    method = spikes.SpikeMethod.insert_method("pretrained")
+    key = {**scan["traces"], **method}
+    assert len(spikes.Activity.key_source & key) == 1  # no SpikeModel to wait for
+    spikes.Activity.populate(key)
+    stored = np.stack((spikes.Activity.Unit & key).to_arrays("spikes", order_by="unit_id"))
+    dff = np.stack((imaging.Traces.Unit & scan["traces"]).to_arrays("dff", order_by="unit_id"))
+    fps = (imaging.Traces & scan["traces"]).fetch1("fps")
+    assert stored.shape == dff.shape and stored.shape[0] == 12
+    assert np.array_equal(stored, infer_spikes(dff, fps, "pretrained"))

@@ -127,3 +127,32 @@ def test_deconvolution_methods_train_no_model(tables, trained):
     assert len(tables.SpikeModel.key_source & deconvolution) == 0
     assert tables.SpikeModel.key_source & trained["method"]  # the supervised method's training set
     assert (tables.SpikeModel.key_source & trained["method"]).fetch1("training_set") == "sim"
+
+
+def test_export_pretrained_writes_weights_the_pretrained_method_uses(tables, tmp_path):
+    from pipeline.spikes import weights
+
+    from pipeline.spikes import Recording
+
+    recordings = simulate_recordings(3, seed=40)
+    tables.GroundTruth.insert_recordings(
+        [Recording(r["calcium"], r["spikes"], r["fps"], "shipped-sim", f"ship{i}") for i, r in enumerate(recordings)]
+    )
+    tables.TrainingSet.create("shipped", {"truth_dataset": "shipped-sim"})
+    path = tables.export_pretrained("shipped", path=tmp_path / "lab.pt", config=TRAINING)
+    model, provenance = weights.read(path)
+    assert provenance["training_set"] == "shipped" and provenance["n_recordings"] == 3
+    assert provenance["datasets"] == ["shipped-sim"]
+    key = {"spike_method_hash": provenance["spike_method_hash"], "training_set": "shipped"}
+    stored = tables.SpikeModel.load_model(key)
+    trace = simulate_cell(99, frames=600)[0]
+    expected = infer_spikes(trace, 30.0, "supervised", stored)
+    assert np.array_equal(infer_spikes(trace, 30.0, "supervised", model), expected)
+    # a second export reuses the trained row: the same weights
+    again, _ = weights.read(tables.export_pretrained("shipped", path=tmp_path / "again.pt", config=TRAINING))
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+
+
+def test_export_pretrained_names_a_missing_training_set(tables):
+    with pytest.raises(ValueError, match=r"training set 'nowhere' does not exist \(expected one of: "):
+        tables.export_pretrained("nowhere")

@@ -6,6 +6,8 @@
 - ``"deconvolution"``: non-negative AR(1)/AR(2) deconvolution, parameters from the trace.
   Needs no ground truth: the default.
 - ``"supervised"``: a network from ``train_spike_model`` on ground-truth recordings.
+- ``"pretrained"``: the network shipped with the package (``pipeline.spikes.weights``),
+  trained on public ground truth: supervised inference without ground truth of your own.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "estimate_ar",
     "deconvolution",
     "supervised",
+    "pretrained",
 ]
 
 
@@ -162,3 +165,29 @@ def infer_spikes(
     if method == "supervised" and "training_set" not in config:
         config["training_set"] = ""
     return fn(traces, fps, model, **identity.normalize(fn, config, name=f"spikes method {method!r}"))
+
+
+@identity.register("spikes", "pretrained")
+def pretrained(
+    traces: np.ndarray, fps: float, model: SpikeModel | None = None, *, weights: str = "default"
+) -> np.ndarray:
+    """Spikes from the network shipped with the package (``pipeline/spikes/weights/<weights>.pt``).
+
+    Parameters
+    ----------
+    weights
+        Which shipped weights: ``"default"`` (trained on the spikefinder and CASCADE ground
+        truth; ``pipeline.spikes.weights.load`` gives its provenance).
+    model
+        Unused (the weights come from the package).
+
+    Returns
+    -------
+    ``(cells, samples)`` float32 expected spike counts per frame; NaN where the trace is NaN.
+    """
+    from .weights import load
+
+    network, _provenance = load(weights)
+    fps = check_fps(fps)
+    traces = _check_traces(traces)
+    return np.stack([predict(network, trace, fps) for trace in traces]).astype(np.float32)

@@ -303,7 +303,9 @@ def export_pretrained(
     if not TrainingSet & {"training_set": training_set}:
         known = ", ".join(TrainingSet().to_arrays("training_set").tolist()) or "none"
         raise ValueError(f"training set {training_set!r} does not exist (expected one of: {known})")
-    method = SpikeMethod.insert_method("supervised", {**(config or {}), "training_set": training_set}, "shipped weights")
+    method = SpikeMethod.insert_method(
+        "supervised", {**(config or {}), "training_set": training_set}, "shipped weights"
+    )
     key = {"spike_method_hash": method["spike_method_hash"], "training_set": training_set}
     SpikeModel.populate(key)
     row = (SpikeModel & key).fetch1("training_correlation", "n_recordings", "wall_seconds", "versions")

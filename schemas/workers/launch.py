@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .controller import control
 from .selection import activate_with_modules, select_tables, table_scopes
-from .worker import WorkerOptions, run_worker
+from .worker import WorkerOptions, run_worker, scheduled_gpu
 
 
 def count_gpus() -> int:
@@ -63,7 +63,7 @@ def run_worker_task(prefix: str | None, options: WorkerOptions, per_gpu: int = 1
     element's GPU, each limited to its share of the GPU's memory.
     """
     if per_gpu > 1:
-        gpu = options.gpu if options.gpu is not None else _scheduled_gpu()
+        gpu = options.gpu if options.gpu is not None else (scheduled_gpu() or "none")
         commands = [_worker_command(prefix, options, gpu, per_gpu) for _ in range(per_gpu)]
         code = _run_children(commands, dict(os.environ))
     else:
@@ -162,15 +162,6 @@ def launch_submitit(prefix: str | None, options: WorkerOptions, cluster: Cluster
             print(f"worker {job.job_id} failed: {error}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
-
-
-def _scheduled_gpu() -> str:
-    """The GPU a scheduler gave this process (CUDA_VISIBLE_DEVICES, SLURM_LOCALID), without pinning it."""
-    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    local = os.environ.get("SLURM_LOCALID")
-    if len(visible) > 1 and local is not None and int(local) < len(visible):
-        return visible[int(local)]
-    return ",".join(visible) or "none"
 
 
 def _worker_command(prefix: str | None, options: WorkerOptions, gpu: str, per_gpu: int) -> list[str]:

@@ -27,22 +27,29 @@ BATCH_SECONDS = 2.0
 MAX_BATCH = 50
 
 
+def scheduled_gpu() -> str:
+    """The GPU(s) the scheduler gave this process, as CUDA_VISIBLE_DEVICES ('' = none).
+
+    SLURM (or docker) sets CUDA_VISIBLE_DEVICES; if it lists several devices and SLURM_LOCALID
+    is set, this task's is the one at its local rank.
+    """
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    local = os.environ.get("SLURM_LOCALID")
+    if len(visible) > 1 and local is not None and int(local) < len(visible):
+        return visible[int(local)]
+    return ",".join(visible)
+
+
 def pin_gpu(gpu: str | None) -> str:
     """Choose this worker's GPU before CUDA initializes; return CUDA_VISIBLE_DEVICES ('' = CPU).
 
-    ``gpu`` given: that device ("none" hides every GPU). Otherwise the scheduler's choice:
-    SLURM (or docker) sets CUDA_VISIBLE_DEVICES; if it lists several devices and SLURM_LOCALID
-    is set, this task takes the one at its local rank.
+    ``gpu`` given: that device ("none" hides every GPU). Otherwise the scheduler's choice
+    (:func:`scheduled_gpu`).
     """
     if gpu is not None:
         value = "" if gpu.lower() in ("none", "cpu", "") else gpu
     else:
-        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-        local = os.environ.get("SLURM_LOCALID")
-        if len(visible) > 1 and local is not None and int(local) < len(visible):
-            value = visible[int(local)]
-        else:
-            value = ",".join(visible)
+        value = scheduled_gpu()
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         if getattr(torch.cuda, "is_initialized", lambda: False)():

@@ -21,6 +21,7 @@ gave bit-identical factors (a digest of them), the SNR gain estimate and the com
 
     python benchmarks/pmd.py --streaming --json streaming.json
     python benchmarks/pmd.py --streaming --sizes 128x128x1000 128x128x8000 --block-mb 16
+    python benchmarks/pmd.py --streaming --segment --sizes 256x256x4000   # and segmentation's memory
 
 localmd is looked for in ``../peers/localmd`` beside the project (``--localmd-python``):
 create it with ``python -m venv ../peers/localmd && ../peers/localmd/bin/pip install
@@ -229,7 +230,7 @@ def _digest(result) -> str:
     return sha.hexdigest()[:16]
 
 
-def stream_worker(size: str, mode: str, block_mb: float, threads: int) -> dict:
+def stream_worker(size: str, mode: str, block_mb: float, threads: int, segment: bool = False) -> dict:
     """PMD on a generated movie, streamed (``mode="stream"``) or loaded whole first (``"memory"``)."""
     import torch
 
@@ -250,7 +251,22 @@ def stream_worker(size: str, mode: str, block_mb: float, threads: int) -> dict:
         result = denoise(source if mode == "stream" else np.asarray(source), seed=0)
         wall = time.perf_counter() - start
     factors = result.stored_nbytes
+    segmented = {}
+    if segment:
+        from pipeline.imaging.segmentation import segment as find_cells
+
+        before = PeakRSS.rss()
+        with PeakRSS() as seg_mem:
+            started = time.perf_counter()
+            movie = result.frames(block_bytes=source.block_bytes) if mode == "stream" else result.reconstruct()
+            found = find_cells(movie)
+            segmented = {
+                "segmentation_wall_s": time.perf_counter() - started,
+                "segmentation_peak_rss_bytes": seg_mem.peak - before,
+                "cells": len(found),
+            }
     return {
+        **segmented,
         "size": size,
         "mode": mode,
         "wall_s": wall,
@@ -278,7 +294,9 @@ def streaming(args) -> int:
                 )
                 continue
             cmd = ["nice", sys.executable, str(Path(__file__).resolve()), "--stream-worker", size, mode]
-            cmd += ["--block-mb", str(args.block_mb), "--threads", str(args.threads)]
+            cmd += ["--block-mb", str(args.block_mb), "--threads", str(args.threads)] + (
+                ["--segment"] if args.segment else []
+            )
             env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -312,6 +330,14 @@ def streaming(args) -> int:
             f"{row['wall_s']:>8.1f}{row['snr_gain_estimate']:>9.2f}{row['compression_ratio']:>10.1f}{row['rank']:>6d}"
             f"  {same}"
         )
+    if args.segment:
+        print(f"\n{'movie':<15}{'mode':<8}{'cells':>7}{'segment peak MB':>17}{'wall s':>8}")
+        for row in rows:
+            if "cells" in row:
+                print(
+                    f"{row['size']:<15}{row['mode']:<8}{row['cells']:>7d}"
+                    f"{row['segmentation_peak_rss_bytes'] / mb:>17.0f}{row['segmentation_wall_s']:>8.1f}"
+                )
     if args.json:
         Path(args.json).write_text(
             json.dumps({"threads": args.threads, "block_mb": args.block_mb, "rows": rows}, indent=2)
@@ -385,11 +411,14 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--memory-limit-gb", type=float, default=8.0, help="--streaming: skip in-memory runs needing more (default 8)"
     )
+    parser.add_argument(
+        "--segment", action="store_true", help="--streaming: also find cells in the denoised movie (peak memory)"
+    )
     parser.add_argument("--stream-worker", nargs=2, metavar=("SIZE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.stream_worker:
-        print(json.dumps(stream_worker(*args.stream_worker, args.block_mb, args.threads)))
+        print(json.dumps(stream_worker(*args.stream_worker, args.block_mb, args.threads, args.segment)))
         return 0
     if args.streaming:
         return streaming(args)

@@ -564,8 +564,11 @@ class Segmentation(dj.Computed):
         return ((Denoised & key).fetch1("KEY"), config)
 
     def make_compute(self, key, denoised_key, config):
+        from pipeline.imaging.frames import settings_from_environment
+
         builder, _ = params.load_config(SegmentationParams, key)
-        movie = Denoised.load(denoised_key).reconstruct()
+        # the denoised movie, reconstructed from its factors a block of frames at a time
+        movie = Denoised.load(denoised_key).frames(**settings_from_environment())
         with naming_scan(key):
             found = builder(movie, *_beside_scan(builder, key), **config)
         masks = []

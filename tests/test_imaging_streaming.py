@@ -94,3 +94,18 @@ def test_block_size_setting_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("PIPELINE_BLOCK_MB", "lots")
     with pytest.raises(ValueError, match=r"PIPELINE_BLOCK_MB='lots' \(expected a positive number of MiB\)"):
         frames.settings_from_environment()
+
+
+def test_segmentation_from_the_factors_in_blocks_equals_the_whole_movie(scan_file):
+    from pipeline.imaging import segmentation
+
+    path, movie = scan_file
+    shifts = motion.motion_correction(movie)[1]
+    corrected = np.stack([motion.apply_shift(f, s) for f, s in zip(movie, shifts)])
+    result = pmd.denoise(corrected, block_size=24, overlap=6)
+    whole = segmentation.segment(result.reconstruct())
+    streamed = segmentation.segment(result.frames(block_bytes=48 * 48 * 4 * 30))  # 10 blocks of 30 frames
+    assert len(whole) == len(streamed) and len(whole) >= 5
+    assert np.array_equal(whole.masks, streamed.masks)
+    assert np.abs(whole.weights - streamed.weights).max() < 1e-5
+    assert np.abs(whole.correlation_image - streamed.correlation_image).max() < 1e-5

@@ -151,7 +151,7 @@ def read_caiman(path: str | Path, shape: tuple[int, int], *, only_accepted: bool
     return ImportedCells(_peak_one(np.maximum(weights, 0)), calcium[keep])
 
 
-def _as_segmentation(cells: ImportedCells, movie: np.ndarray) -> segmentation.Segmentation:
+def _as_segmentation(cells: ImportedCells, movie) -> segmentation.Segmentation:
     weights = cells.weights
     masks = weights > 0
     yy, xx = np.mgrid[: weights.shape[1], : weights.shape[2]]

@@ -243,6 +243,13 @@ class PMDResult:
         out += self.mean[None]
         return out
 
+    def frames(self, **settings) -> FrameSource:
+        """The denoised movie as a ``FrameSource``, reconstructed a block of frames at a time.
+
+        ``settings``: ``block_bytes`` and ``scratch`` of :class:`~pipeline.imaging.frames.FrameSource`.
+        """
+        return _Reconstructed(self, **settings)
+
     def project(self, weights: np.ndarray) -> np.ndarray:
         """``weights`` (n, height, width) applied to the denoised movie: (n, frames) float32.
 
@@ -291,6 +298,23 @@ class PMDResult:
             raw_nbytes=int(info[3]),
             snr_gain_estimate=snr_gain_estimate,
         )
+
+
+class _Reconstructed(FrameSource):
+    """A denoised movie read from its factors, one block of frames at a time."""
+
+    def __init__(self, result: PMDResult, **settings):
+        super().__init__(result.shape, **settings)
+        self.result = result
+
+    def blocks(self):
+        size = self.frames_per_block
+        for start in range(0, self.shape[0], size):
+            yield start, self.result.reconstruct(slice(start, min(start + size, self.shape[0])))
+
+    def frames(self):
+        for _start, block in self.blocks():
+            yield from block
 
 
 def _float32_block(movie: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

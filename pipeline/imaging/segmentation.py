@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from pipeline.imaging.frames import FrameSource, as_source
+
 
 @dataclass
 class Segmentation:
@@ -43,35 +45,47 @@ class Segmentation:
         return int(self.masks.shape[0])
 
 
-def remove_background(movie: np.ndarray, sigma: float) -> np.ndarray:
-    """Movie minus its spatial blur (sigma pixels) per frame, each pixel centred in time.
+_DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))
 
-    Returns (frames, height, width) float32 (a new array).
-    """
-    out = np.empty(movie.shape, dtype=np.float32)
-    for t in range(movie.shape[0]):
-        frame = np.asarray(movie[t], dtype=np.float32)
+
+def _neighbours(h: int, w: int, dy: int, dx: int) -> tuple[slice, slice, slice, slice]:
+    """Slices (ys, xs, yd, xd) pairing every pixel with its neighbour at (+dy, +dx)."""
+    return slice(0, h - dy), slice(max(0, -dx), w - max(0, dx)), slice(dy, h), slice(max(0, dx), w - max(0, -dx))
+
+
+def _highpass(block: np.ndarray, sigma: float) -> np.ndarray:
+    """Each frame of a (n, height, width) block minus its spatial blur (sigma pixels), float32."""
+    out = np.empty(block.shape, dtype=np.float32)
+    for t, frame in enumerate(block):
+        frame = np.asarray(frame, dtype=np.float32)
         out[t] = frame - ndimage.gaussian_filter(frame, sigma, mode="reflect")
-    out -= out.mean(axis=0, keepdims=True)
     return out
 
 
-def correlation_image(movie: np.ndarray) -> np.ndarray:
-    """Mean Pearson correlation of each pixel's trace with its 8 neighbours, (height, width).
+def _blocks(source: FrameSource, sigma: float | None, mean: np.ndarray | None):
+    """The source's blocks, high-passed when ``sigma`` is given, minus ``mean`` when given."""
+    for _start, block in source.blocks():
+        block = _highpass(block, sigma) if sigma is not None else np.asarray(block, dtype=np.float32)
+        yield block - mean[None] if mean is not None else block
 
-    ``movie`` (frames, height, width) must be centred in time (see ``remove_background``).
-    """
-    sd = np.sqrt((movie.astype(np.float64) ** 2).mean(axis=0))
-    z = movie / np.where(sd > 0, sd, 1.0)[None].astype(np.float32)
-    h, w = z.shape[1:]
-    total = np.zeros((h, w), dtype=np.float64)
-    count = np.zeros((h, w), dtype=np.float64)
-    for dy, dx in [(0, 1), (1, 0), (1, 1), (1, -1)]:
-        ys = slice(0, h - dy)
-        yd = slice(dy, h)
-        xs = slice(max(0, -dx), w - max(0, dx))
-        xd = slice(max(0, dx), w - max(0, -dx))
-        c = (z[:, ys, xs] * z[:, yd, xd]).mean(axis=0)
+
+def _correlation(source: FrameSource, sigma: float | None = None, mean: np.ndarray | None = None) -> np.ndarray:
+    """Mean Pearson correlation of each pixel with its 8 neighbours, from sums over frame blocks."""
+    n_t, h, w = source.shape
+    squares = np.zeros((h, w))
+    products = [np.zeros((h, w)) for _ in _DIRECTIONS]
+    for block in _blocks(source, sigma, mean):
+        squares += np.einsum("tij,tij->ij", block, block, dtype=np.float64)
+        for (dy, dx), total in zip(_DIRECTIONS, products):
+            ys, xs, yd, xd = _neighbours(h, w, dy, dx)
+            total[ys, xs] += np.einsum("tij,tij->ij", block[:, ys, xs], block[:, yd, xd], dtype=np.float64)
+    sd = np.sqrt(squares / n_t)
+    sd = np.where(sd > 0, sd, 1.0)
+    total = np.zeros((h, w))
+    count = np.zeros((h, w))
+    for (dy, dx), summed in zip(_DIRECTIONS, products):
+        ys, xs, yd, xd = _neighbours(h, w, dy, dx)
+        c = summed[ys, xs] / n_t / (sd[ys, xs] * sd[yd, xd])
         total[ys, xs] += c
         count[ys, xs] += 1
         total[yd, xd] += c
@@ -79,8 +93,49 @@ def correlation_image(movie: np.ndarray) -> np.ndarray:
     return (total / np.maximum(count, 1)).astype(np.float32)
 
 
+def correlation_image(movie: np.ndarray | FrameSource) -> np.ndarray:
+    """Mean Pearson correlation of each pixel's trace with its 8 neighbours, (height, width).
+
+    ``movie`` (frames, height, width), an array or a ``FrameSource`` (read a block at a time),
+    must be centred in time.
+    """
+    return _correlation(as_source(movie))
+
+
+def _footprints(
+    source: FrameSource, sigma: float, mean: np.ndarray, peaks: np.ndarray, win: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every seed's regression over a (2 win + 1)^2 window, summed over frame blocks.
+
+    Returns ``(numerators (P, K, K), energies (P,))``: sum over time of the seed trace (mean
+    of the 3x3 pixels around the peak, within the image) times each window pixel's trace,
+    and of the seed trace squared. Window pixels outside the image are 0.
+    """
+    n_t, h, w = source.shape
+    k = 2 * win + 1
+    n_peaks = len(peaks)
+    numerators = np.zeros((n_peaks, k * k))
+    energies = np.zeros(n_peaks)
+    if not n_peaks:
+        return numerators.reshape(0, k, k), energies
+    py, px = peaks[:, 0], peaks[:, 1]
+    # pixels of the 3x3 seed inside the image, per peak
+    inside = (np.minimum(py + 2, h) - np.maximum(py - 1, 0)) * (np.minimum(px + 2, w) - np.maximum(px - 1, 0))
+    rows = max(1, (32 * 2**20) // (n_peaks * k * k * 4))  # frames per gather: ~32 MiB of windows
+    for block in _blocks(source, sigma, mean):
+        padded = np.pad(block, ((0, 0), (win, win), (win, win)))
+        view = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(1, 2))
+        for start in range(0, len(block), rows):
+            windows = view[start : start + rows, py, px]  # (n, P, k, k)
+            seeds = windows[:, :, win - 1 : win + 2, win - 1 : win + 2].sum(axis=(2, 3)) / inside  # (n, P)
+            flat = windows.reshape(len(windows), n_peaks, k * k)
+            numerators += np.einsum("tp,tpq->pq", seeds, flat, dtype=np.float64)
+            energies += np.einsum("tp,tp->p", seeds, seeds, dtype=np.float64)
+    return numerators.reshape(n_peaks, k, k), energies
+
+
 def segment(
-    movie: np.ndarray,
+    movie: np.ndarray | FrameSource,
     *,
     cell_radius: float = 3.0,
     background_sigma: float = 6.0,
@@ -96,7 +151,9 @@ def segment(
     Parameters
     ----------
     movie
-        (frames, height, width) float array, ideally denoised.
+        (frames, height, width) float array, ideally denoised, or a ``FrameSource`` (such as
+        ``PMDResult.frames()``): read three times a block of frames at a time, so memory
+        holds the images and one block, never the movie.
     cell_radius
         Expected soma radius (pixels): seeds are at least this far apart and masks are
         searched within 3 radii of their seed.
@@ -121,33 +178,37 @@ def segment(
     """
     from skimage.feature import peak_local_max
 
-    if movie.ndim != 3 or movie.shape[0] < 2:
-        raise ValueError(f"movie has shape {movie.shape} (expected (frames >= 2, height, width))")
-    hp = remove_background(movie, background_sigma)
-    corr = correlation_image(hp)
-    n_t, h, w = hp.shape
+    source = as_source(movie)
+    if source.shape[0] < 2:
+        raise ValueError(f"movie has shape {source.shape} (expected (frames >= 2, height, width))")
+    n_t, h, w = source.shape
+    # three passes over the frames: the high-passed movie's mean, the correlation image, the
+    # seeds' regressions; a block of frames at a time, never the whole movie
+    mean = np.zeros((h, w))
+    for block in _blocks(source, background_sigma, None):
+        mean += block.sum(axis=0, dtype=np.float64)
+    mean = (mean / n_t).astype(np.float32)
+    corr = _correlation(source, background_sigma, mean)
     peaks = peak_local_max(
         corr, min_distance=max(1, int(round(cell_radius))), threshold_abs=min_correlation, exclude_border=False
     )
     order = np.argsort(-corr[peaks[:, 0], peaks[:, 1]], kind="stable")
     peaks = peaks[order]
     win = int(np.ceil(3 * cell_radius))
+    numerators, energies = _footprints(source, background_sigma, mean, peaks, win)
     area_range = (min_area * np.pi * cell_radius**2, max_area * np.pi * cell_radius**2)
     taken = np.zeros((h, w), dtype=bool)
     masks, weights, centers, scores = [], [], [], []
-    for py, px in peaks:
+    for (py, px), numerator, energy in zip(peaks, numerators, energies):
         if len(masks) >= max_cells:
             break
         if taken[py, px]:
             continue
         y0, y1 = max(0, py - win), min(h, py + win + 1)
         x0, x1 = max(0, px - win), min(w, px + win + 1)
-        local = hp[:, y0:y1, x0:x1].reshape(n_t, -1)
-        seed = hp[:, max(0, py - 1) : py + 2, max(0, px - 1) : px + 2].reshape(n_t, -1).mean(axis=1)
-        energy = float(seed @ seed)
         if energy <= 0:
             continue
-        amp = (seed @ local / energy).reshape(y1 - y0, x1 - x0)
+        amp = (numerator / energy)[y0 - py + win : y1 - py + win, x0 - px + win : x1 - px + win]
         peak = float(amp[py - y0, px - x0])
         if peak <= 0:
             continue

@@ -210,10 +210,20 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--rate", type=float, help="the network's rate in Hz (default: the builder's)")
     parser.add_argument("--ensemble", type=int, default=1, help="networks per fold, seeds seed.. (mean prediction)")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="other training parameters (numbers), e.g. smoothing=0.05",
+    )
     args = parser.parse_args(argv)
     params = {"steps": args.steps, "seed": args.seed}
     if args.rate:
         params["rate"] = args.rate
+    for pair in args.set:
+        name, _, value = pair.partition("=")
+        params[name] = float(value) if "." in value or "e" in value else int(value)
     recordings = load_ground_truth(args.data)
     oasis_python = args.oasis_python if args.oasis_python and args.oasis_python.exists() else None
     if oasis_python is None:

@@ -41,7 +41,6 @@ class FrameSource:
 
     dtype = np.dtype(np.float32)
     ndim = 3
-    in_memory = False
 
     def __init__(
         self, shape: Sequence[int], *, block_bytes: int = DEFAULT_BLOCK_BYTES, scratch: str | Path | None = None
@@ -124,8 +123,6 @@ class FrameSource:
 
 class ArraySource(FrameSource):
     """A movie in memory (or a memory map) as a source."""
-
-    in_memory = True
 
     def __init__(self, movie: np.ndarray, **settings):
         if np.ndim(movie) != 3:

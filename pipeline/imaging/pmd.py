@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -335,10 +335,9 @@ def _float32_block(movie: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.
 class _Tiles:
     """A streamed movie's spatial blocks on disk: block ``b`` is a contiguous (frames, pixels) float32 run."""
 
-    def __init__(self, path: str, n_blocks: int, n_t: int, pixels: int):
-        self.path, self.n_t, self.pixels = path, n_t, pixels
-        self.fd = os.open(path, os.O_RDWR)
-        os.ftruncate(self.fd, n_blocks * n_t * pixels * 4)
+    def __init__(self, fd: int, path: str, n_blocks: int, n_t: int, pixels: int):
+        self.fd, self.path, self.n_t, self.pixels = fd, path, n_t, pixels
+        os.ftruncate(fd, n_blocks * n_t * pixels * 4)
 
     def write(self, b: int, t0: int, rows: np.ndarray) -> None:
         data = np.ascontiguousarray(rows, dtype=np.float32).tobytes()
@@ -357,20 +356,11 @@ class _Tiles:
 
 
 @contextmanager
-def _in_place():
-    """No tiles: an array's blocks are read in place."""
-    yield None
-
-
-@contextmanager
 def _tiled(source: FrameSource, origins: list[tuple[int, int]], bh: int, bw: int):
     """Stream ``source`` once into a temporary tile file; yield a :class:`_Tiles`; remove the file."""
-    n_t = source.shape[0]
     handle, path = tempfile.mkstemp(prefix="pmd-", suffix=".tiles", dir=source.scratch_dir())
-    os.close(handle)
-    tiles = None
     try:
-        tiles = _Tiles(path, len(origins), n_t, bh * bw)
+        tiles = _Tiles(handle, path, len(origins), source.shape[0], bh * bw)
         for t0, chunk in source.blocks():
             if not np.isfinite(chunk).all():
                 bad = t0 + int(np.flatnonzero(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1))[0])
@@ -379,8 +369,7 @@ def _tiled(source: FrameSource, origins: list[tuple[int, int]], bh: int, bw: int
                 tiles.write(b, t0, chunk[:, y0 : y0 + bh, x0 : x0 + bw].reshape(len(chunk), -1))
         yield tiles
     finally:
-        if tiles is not None:
-            os.close(tiles.fd)
+        os.close(handle)
         os.unlink(path)
 
 
@@ -461,10 +450,11 @@ def denoise(
     freqs = torch.fft.rfftfreq(n_t, device=dev)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     band = (freqs >= noise_band[0]) & (freqs <= noise_band[1])
-    origins = [(y0, x0) for y0 in ys for x0 in xs]
-    with _tiled(movie, origins, bh, bw) if isinstance(movie, FrameSource) else _in_place() as tiles:
-        for b, (y0, x0) in enumerate(origins):
-            iy, ix = ys.index(y0), xs.index(x0)
+    grid = [(iy, ix, y0, x0) for iy, y0 in enumerate(ys) for ix, x0 in enumerate(xs)]
+    origins = [(y0, x0) for _iy, _ix, y0, x0 in grid]
+    # a source is streamed once into tiles; an array's blocks are read in place
+    with _tiled(movie, origins, bh, bw) if isinstance(movie, FrameSource) else nullcontext() as tiles:
+        for b, (iy, ix, y0, x0) in enumerate(grid):
             y1, x1 = y0 + bh, x0 + bw
             if tiles is None:
                 block = _float32_block(movie, y0, y1, x0, x1).reshape(n_t, -1)

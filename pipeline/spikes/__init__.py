@@ -133,6 +133,11 @@ def supervised(
     """
     if model is None:
         raise ValueError("method 'supervised' needs a trained model (train_spike_model or the SpikeModel table)")
+    return _predict_all(model, traces, fps)
+
+
+def _predict_all(model: SpikeModel, traces, fps: float) -> np.ndarray:
+    """``predict`` on every trace: ``(cells, samples)`` float32."""
     fps = check_fps(fps)
     traces = _check_traces(traces)
     return np.stack([predict(model, trace, fps) for trace in traces]).astype(np.float32)
@@ -188,6 +193,4 @@ def pretrained(
     from .weights import load
 
     network, _provenance = load(weights)
-    fps = check_fps(fps)
-    traces = _check_traces(traces)
-    return np.stack([predict(network, trace, fps) for trace in traces]).astype(np.float32)
+    return _predict_all(network, traces, fps)

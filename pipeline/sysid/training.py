@@ -139,11 +139,15 @@ _TRAINER_BOUNDS = identity.bounds(
 )
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision = {precision!r} (expected one of {sorted(PRECISIONS)})")
+
+
 def _check_trainer(config: dict) -> None:
     """The trainer's validation hook: positive sizes and rates, a known precision."""
     _TRAINER_BOUNDS(config)
-    if config["precision"] not in PRECISIONS:
-        raise ValueError(f"precision = {config['precision']!r} (expected one of {sorted(PRECISIONS)})")
+    _check_precision(config["precision"])
 
 
 @identity.register("trainer", "standard_trainer", validate=_check_trainer)
@@ -212,8 +216,7 @@ def standard_trainer(
     if max_epochs < 1:
         raise ValueError(f"max_epochs = {max_epochs} (expected at least 1)")
     notes = _check_validation_size(dataloaders["validation"])
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision = {precision!r} (expected one of {sorted(PRECISIONS)})")
+    _check_precision(precision)
     set_seed(seed)
     device = choose_device()
     model.to(device)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 DEFAULT_MODULES: dict[str, tuple[str, ...]] = {
     "imaging": ("pipeline.imaging",),
     "spikes": ("pipeline.spikes",),
-    "dataset": ("pipeline.sysid.data",),
+    "dataset": ("pipeline.sysid.data", "pipeline.sysid.video"),
     "model": ("pipeline.sysid.models",),
     "trainer": ("pipeline.sysid.training", "pipeline.sysid.kshot"),
     "response": ("pipeline.sysid.responses",),

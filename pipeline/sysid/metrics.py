@@ -16,6 +16,10 @@ __all__ = [
 ]
 
 
+# frames per movie that the sample ids of video batches leave room for
+FRAME_ID_STRIDE = 1_000_000
+
+
 def _check(responses: np.ndarray, predictions: np.ndarray, image_ids: np.ndarray | None = None) -> None:
     if responses.ndim != 2 or responses.shape != predictions.shape:
         raise ValueError(
@@ -185,10 +189,14 @@ def predict(model: torch.nn.Module, loader, data_key: str | None = None) -> tupl
     The model is put in eval mode and stays on its own device; batches are moved to it one at
     a time. Behaviour and pupil position are passed when the batch has them.
 
+    Video batches (``responses`` (B, T, N), see ``pipeline.sysid.video``) are flattened over
+    time: every (trial, frame) is one sample and frames of repeats of one movie share an id
+    (``video_id * FRAME_ID_STRIDE + frame``), so the scores below apply per frame unchanged.
+
     Returns
     -------
-    responses, predictions : (trials, neurons) float32
-    image_ids : (trials,) int64
+    responses, predictions : (samples, neurons) float32; samples are trials, or trial frames
+    image_ids : (samples,) int64
     """
     was_training = model.training
     model.eval()
@@ -196,9 +204,19 @@ def predict(model: torch.nn.Module, loader, data_key: str | None = None) -> tupl
     responses, predictions, image_ids = [], [], []
     try:
         for batch in loader:
-            predictions.append(forward_batch(model, batch, data_key, device).cpu().numpy())
-            responses.append(batch["responses"].numpy())
-            image_ids.append(batch["image_id"].numpy())
+            prediction = forward_batch(model, batch, data_key, device).cpu().numpy()
+            response = batch["responses"].numpy()
+            if response.ndim == 3:  # video: (B, T, N) -> (B * T, N), one id per movie frame
+                frames = batch["start"].numpy()[:, None] + np.arange(response.shape[1])[None, :]
+                ids = batch["video_id"].numpy()[:, None] * FRAME_ID_STRIDE + frames
+                response = response.reshape(-1, response.shape[-1])
+                prediction = prediction.reshape(response.shape)
+                ids = ids.reshape(-1)
+            else:
+                ids = batch["image_id"].numpy()
+            predictions.append(prediction)
+            responses.append(response)
+            image_ids.append(ids)
     finally:
         model.train(was_training)
     if not responses:
@@ -211,10 +229,11 @@ def predict(model: torch.nn.Module, loader, data_key: str | None = None) -> tupl
 
 
 def forward_batch(model: torch.nn.Module, batch: dict, data_key: str | None, device: torch.device) -> torch.Tensor:
-    """The model's (B, neurons) prediction for one dict batch, moved to ``device``."""
+    """The model's (B, neurons) prediction for one dict batch ((B, T, neurons) for video), moved to ``device``."""
     extra = {
         name: batch[name].to(device, non_blocking=True)
         for name in ("behavior", "pupil_center")
         if batch.get(name) is not None
     }
-    return model(batch["images"].to(device, non_blocking=True), data_key=data_key, **extra)
+    stimulus = batch["videos"] if "videos" in batch else batch["images"]
+    return model(stimulus.to(device, non_blocking=True), data_key=data_key, **extra)

@@ -170,6 +170,9 @@ def standard_trainer(
 ) -> TrainingResult:
     """Fit ``model`` with Adam on the Poisson loss, early-stopping on validation correlation.
 
+    A model that defines ``training_loss(batch, data_key, device)`` (a summed scalar) is fitted
+    on that instead: its own likelihood, as the latent video model's negative ELBO.
+
     After ``patience`` epochs without an improvement of the validation correlation by more
     than ``tolerance``, the best weights are restored and the learning rate multiplied by
     ``lr_decay``; after ``lr_decay_steps`` such decays (or ``max_epochs``) training stops. The
@@ -228,6 +231,8 @@ def standard_trainer(
         for key, loader in train.items()
     }
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # a model with its own likelihood (e.g. the latent video model's ELBO) supplies its loss
+    own_loss = getattr(model, "training_loss", None)
 
     best_score = validation_correlation(model, dataloaders["validation"])
     best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
@@ -262,9 +267,11 @@ def standard_trainer(
         for key, batch in _progress(_interleaved(train), progress, n_batches, f"epoch {epoch}"):
             optimizer.zero_grad(set_to_none=True)
             with autocast:
-                predictions = metrics.forward_batch(model, batch, key, device)
-            predictions = predictions.float()
-            loss = scales[key] * poisson_loss(predictions, batch["responses"].to(device, non_blocking=True))
+                out = own_loss(batch, key, device) if own_loss else metrics.forward_batch(model, batch, key, device)
+            if own_loss:
+                loss = scales[key] * out.float()
+            else:
+                loss = scales[key] * poisson_loss(out.float(), batch["responses"].to(device, non_blocking=True))
             if regularize:
                 loss = loss + model.regularizer(key)
             value = float(loss.detach())
@@ -272,7 +279,7 @@ def standard_trainer(
             loss.backward()
             optimizer.step()
             total_loss += value
-            images += batch["images"].shape[0]
+            images += batch["responses"].shape[0]
         seconds = time.perf_counter() - started
         train_seconds += seconds
         train_images += images

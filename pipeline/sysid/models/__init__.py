@@ -19,9 +19,13 @@ from .readouts import FactorizedReadout, GaussianReadout, LinearReadout
 from .regularizers import group_sparsity, laplace_smoothness
 from .shifter import Shifter
 from .steerable import ring_harmonics, steerable_basis
+from .video import Factorized3dCore, LatentVideoModel, VideoModel, video_gaussian, video_latent
 
 __all__ = [
     "BehaviorModulator",
+    "Factorized3dCore",
+    "LatentVideoModel",
+    "VideoModel",
     "DivisiveNormalization",
     "DivisiveNormalizationCore",
     "Encoder",
@@ -47,4 +51,6 @@ __all__ = [
     "ring_harmonics",
     "rotation_factorized",
     "steerable_basis",
+    "video_gaussian",
+    "video_latent",
 ]

@@ -153,7 +153,7 @@ class Dataset(dj.Manual):
     height      : int32
     width       : int32
     tiers       : json            # {tier: number of trials}
-    origin      : varchar(32)     # "filetree" (imported) or "trial_responses"
+    origin      : varchar(32)     # "filetree" (imported) or "trial_responses"; "video_" before either for movies
     note = ""   : varchar(255)
     """
 
@@ -176,15 +176,18 @@ class DatasetSource(dj.Manual):
 
 
 def _dataset_row(tree, dataset_id: str, origin: str, note: str) -> dict:
+    from pipeline.sysid import video
+
     tiers, counts = np.unique(tree.tiers, return_counts=True)
+    height, width = tree.frame_shape
     return {
         "dataset_id": dataset_id,
         "n_trials": tree.n_trials,
         "n_neurons": tree.n_neurons,
-        "height": int(tree.images.shape[2]),
-        "width": int(tree.images.shape[3]),
+        "height": height,
+        "width": width,
         "tiers": {str(t): int(c) for t, c in zip(tiers, counts)},
-        "origin": origin,
+        "origin": f"video_{origin}" if isinstance(tree, video.VideoTree) else origin,
         "note": note,
     }
 
@@ -192,14 +195,16 @@ def _dataset_row(tree, dataset_id: str, origin: str, note: str) -> dict:
 def import_filetree(path: str | os.PathLike, dataset_id: str, note: str = "") -> dict:
     """Validate a FileTree folder and store a copy of it as ``Dataset`` ``dataset_id``.
 
-    Raises ``FileTreeError`` (naming the folder, field and expectation) before anything is
-    inserted if the folder does not follow the layout.
+    The folder holds images (the Sensorium layout) or movies (the Sensorium 2023 dynamic
+    layout, ``pipeline.sysid.video``; its origin is then ``video_filetree``). Raises
+    ``FileTreeError`` (naming the folder, field and expectation) before anything is inserted
+    if the folder does not follow the layout.
     """
     from pipeline.sysid import data
 
     if not dataset_id or len(dataset_id) > 64:
         raise ValueError(f"dataset_id {dataset_id!r} (expected 1 to 64 characters)")
-    tree = data.read_filetree(path)
+    tree = data.read_any_filetree(path)
     Dataset.insert1({**_dataset_row(tree, dataset_id, "filetree", note), "filetree": str(Path(path))})
     stores.follow_permissions((Dataset & {"dataset_id": dataset_id}).fetch1("filetree"))
     return {"dataset_id": dataset_id}
@@ -422,6 +427,84 @@ class Score(dj.Computed):
         row, units = score_rows(key, scores)
         self.insert1(row)
         self.Unit.insert(units)
+
+
+@schema
+class VideoScore(dj.Computed):
+    definition = """
+    # test-tier likelihoods and latent recovery of a latent video model (builder video_latent)
+    -> TrainedModel
+    ---
+    log_likelihood             : float64   # nats per neuron and frame (normalized responses), latents from the prior
+    log_likelihood_unobserved  : float64   # the scored half of the neurons, latents from the prior
+    log_likelihood_conditioned : float64   # the scored half, latents inferred from the observed half
+    conditioned_correlation    : float64   # per-frame correlation of the scored half, latents from the observed half
+    unconditioned_correlation  : float64   # the same with the latents at the prior's mean
+    n_observed                 : int32     # neurons observed (a random half, seeded by the model's seed)
+    samples                    : int32     # Monte-Carlo draws of the latents
+    latent_recovery = null     : json      # [{latent, kind, r}]: linear read-out of the inferred latents vs the truth
+    behavior_correlation = null : json     # {pupil_dilation: r, running_speed: r} of the same read-out
+    """
+
+    SAMPLES = 32
+
+    @property
+    def key_source(self):
+        return TrainedModel.proj() & (ModelConfig & {"builder": "video_latent"})
+
+    def make_fetch(self, key):
+        dataset_config, model_config, seed = _configs(key)
+        names = ((DatasetConfig & key).fetch1("builder"), (ModelConfig & key).fetch1("builder"))
+        weights = (TrainedModel & key).fetch1("weights").read()
+        return names, dataset_config, model_config, seed, values.bytes_as_text(weights)
+
+    def make_compute(self, key, names, dataset_config, model_config, seed, weights):
+        from pipeline.sysid import video
+
+        model, dataloaders = _rebuild(names, dataset_config, model_config, seed, values.text_as_bytes(weights))
+        truth = _ground_truth_latents(dataset_config)
+        scores = video.video_scores(
+            model,
+            dataloaders,
+            key["dataset_id"],
+            samples=self.SAMPLES,
+            seed=seed,
+            true_latents=None if truth is None else truth[0],
+            latent_kinds=None if truth is None else truth[1],
+        )
+        return (scores,)
+
+    def make_insert(self, key, scores):
+        self.insert1(
+            {
+                **key,
+                **{k: scores[k] for k in VIDEO_SCORE_FIELDS},
+                "latent_recovery": scores.get("latent_recovery"),
+                "behavior_correlation": scores.get("behavior_correlation"),
+            }
+        )
+
+
+VIDEO_SCORE_FIELDS = (
+    "log_likelihood",
+    "log_likelihood_unobserved",
+    "log_likelihood_conditioned",
+    "conditioned_correlation",
+    "unconditioned_correlation",
+    "n_observed",
+    "samples",
+)
+
+
+def _ground_truth_latents(dataset_config: dict) -> tuple[np.ndarray, list[str]] | None:
+    """(latents, kinds) of a simulated video dataset (``meta/ground_truth``), or None for recorded data."""
+    folder = Path(dataset_config["paths"][0]) / "meta" / "ground_truth"
+    if not (folder / "latents.npy").is_file():
+        return None
+    latents = np.load(folder / "latents.npy", allow_pickle=False)
+    kinds_file = folder / "latent_kinds.npy"
+    kinds = np.load(kinds_file, allow_pickle=False).astype(str).tolist() if kinds_file.is_file() else None
+    return latents, kinds
 
 
 def _rebuild(names, dataset_config, model_config, seed, weights, device=None) -> tuple:

@@ -110,14 +110,15 @@ def _smooth_walk(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
 
 
 def natural_movie(
-    n_frames: int, height: int, width: int, rng: np.random.Generator, *, cut_every: int = 30, speed: float = 1.5
+    n_frames: int, height: int, width: int, rng: np.random.Generator, *, cut_every: int = 30, speed: float = 0.5
 ) -> np.ndarray:
     """A movie of a window drifting smoothly over natural pictures, cutting to another picture now and then.
 
-    Each shot (``cut_every`` frames on average) picks a picture, a zoom (the window is 1.5x
-    to 3x the output size in the picture's pixels) and a start; the window then drifts with a
-    smooth velocity of about ``speed`` output pixels per frame. Frames are sampled with
-    bilinear interpolation after a Gaussian blur matched to the zoom (no aliasing).
+    Each shot (``cut_every`` frames on average) picks a picture, a zoom (the window spans 3/8
+    to 3/4 of the picture) and a start; the window then drifts with a smooth velocity of about
+    ``speed`` output pixels per frame, slowed where the drift would leave the picture. Frames
+    are sampled with bilinear interpolation after a Gaussian blur matched to the zoom (no
+    aliasing).
 
     Returns
     -------
@@ -133,15 +134,18 @@ def natural_movie(
         ph, pw = picture.shape
         zoom = float(rng.uniform(1.5, 3.0)) * min(ph / (height * 4.0), pw / (width * 4.0))
         blurred = ndimage.gaussian_filter(picture, max(zoom * 0.5, 0.0))
-        vy = _smooth_walk(rng, length, 8.0) * speed * zoom
-        vx = _smooth_walk(rng, length, 8.0) * speed * zoom
-        path_y, path_x = np.cumsum(vy), np.cumsum(vx)
         span_y, span_x = height * zoom, width * zoom
-        # a start from which the whole path stays inside the picture
+        path_y = np.cumsum(_smooth_walk(rng, length, 8.0)) * speed * zoom
+        path_x = np.cumsum(_smooth_walk(rng, length, 8.0)) * speed * zoom
+        # a drift that leaves the window inside the picture: slowed down when it would not
+        for path, room in ((path_y, ph - span_y), (path_x, pw - span_x)):
+            extent = path.max() - path.min()
+            if extent > 0.9 * max(room, 0.0):
+                path *= 0.9 * max(room, 0.0) / extent
         low_y, high_y = -path_y.min(), ph - span_y - path_y.max()
         low_x, high_x = -path_x.min(), pw - span_x - path_x.max()
-        start_y = rng.uniform(low_y, high_y) if high_y > low_y else (ph - span_y) / 2 - path_y.mean()
-        start_x = rng.uniform(low_x, high_x) if high_x > low_x else (pw - span_x) / 2 - path_x.mean()
+        start_y = rng.uniform(low_y, high_y)
+        start_x = rng.uniform(low_x, high_x)
         for k in range(length):
             coords = [start_y + path_y[k] + yy * zoom, start_x + path_x[k] + xx * zoom]
             movie[t + k] = ndimage.map_coordinates(blurred, coords, order=1, mode="nearest")

@@ -106,6 +106,11 @@ class FileTree:
     def unit_ids(self) -> np.ndarray:
         return self.neurons["unit_ids"]
 
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(H, W) of the stimulus images."""
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
     def validate(self, where: str = "FileTree") -> None:
         """Raise ``FileTreeError`` naming the field and what was expected, if inconsistent."""
         if self.images.ndim != 4 or self.images.shape[1] != 1:
@@ -351,8 +356,19 @@ def write_filetree(path: str | os.PathLike, tree: FileTree, *, overwrite: bool =
 
 
 def export_filetree(source: str | os.PathLike, destination: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Copy a FileTree folder to ``destination`` after validating it (read, then write)."""
+    """Copy a FileTree folder (images or video) to ``destination`` after validating it (read, then write)."""
+    from pipeline.sysid import video
+
+    if video.is_video_filetree(source):
+        return video.write_video_filetree(destination, video.read_video_filetree(source), overwrite=overwrite)
     return write_filetree(destination, read_filetree(source), overwrite=overwrite)
+
+
+def read_any_filetree(path: str | os.PathLike):
+    """A ``FileTree`` (images) or a ``pipeline.sysid.video.VideoTree`` (a folder with ``data/videos``)."""
+    from pipeline.sysid import video
+
+    return video.read_video_filetree(path) if video.is_video_filetree(path) else read_filetree(path)
 
 
 # --------------------------------------------------------------------------------------- #

@@ -84,15 +84,23 @@ def min_mpjpe(hypotheses: np.ndarray, truth: np.ndarray) -> float:
 def calibration_curve(
     hypotheses: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, levels: np.ndarray = LEVELS
 ) -> np.ndarray:
-    """Observed coverage of every joint's central quantile intervals at each nominal level.
+    """Observed coverage of every joint's quantile balls around its median, at each nominal level.
 
-    For every joint coordinate the ground truth's rank among the hypotheses places its
-    probability integral transform ``u`` in the bin ``[rank, rank + 1] / (hypotheses + 1)``;
-    the truth lies in the central interval of nominal coverage ``q`` when
-    ``|u - 1/2| <= q / 2``. Counting the fraction of the bin inside the interval (``u``
-    uniform within its bin, the randomized PIT in expectation) removes the bias of the ranks'
-    discreteness: a calibrated distribution covers a fraction ``q`` whatever the number of
-    hypotheses.
+    As in [1]_, each joint's distribution is judged by distances to its median: the truth lies
+    in the ball of nominal coverage ``q`` when its distance to the median is below the
+    ``q``-quantile of the hypotheses' distances. [1]_ takes the median of the hypotheses alone
+    and ``np.quantile`` of their distances, which is biased when hypotheses are few: the median
+    is fit to the hypotheses, so their distances run shorter than the truth's, and the
+    quantiles of 20 values are coarse (a calibrated Gaussian scores 0.04 with 20 hypotheses and
+    prefers too wide to too narrow). Here the median is that of the hypotheses and the truth
+    together, so that for a calibrated distribution all ``hypotheses + 1`` distances are
+    exchangeable and the truth's rank among them is uniform (a symmetric pre-rank, [2]_); the
+    rank ``r`` places the probability integral transform ``u`` in ``[r, r + 1] / (hypotheses + 1)``
+    and the fraction of that bin below ``q`` is counted (the randomized PIT in expectation), so
+    that a calibrated distribution covers a fraction ``q`` whatever the number of hypotheses.
+
+    Distances of whole 3D joints, rather than ranks of single coordinates, are what a
+    winner-takes-all quantizer cannot match by spreading its hypotheses along each axis.
 
     Parameters
     ----------
@@ -110,34 +118,43 @@ def calibration_curve(
     ndarray
         ``(joints, levels)`` observed coverage; NaN for a joint with no instance in ``mask``.
 
+    References
+    ----------
+    .. [2] Gneiting, T., Stanberry, L. I., Grimit, E. P., Held, L., Johnson, N. A. (2008).
+       Assessing probabilistic forecasts of multivariate quantities, with an application to
+       ensemble predictions of surface winds. Test 17, 211-235.
+       https://doi.org/10.1007/s11749-008-0114-x
+
     Examples
     --------
-    Hypotheses that all miss on the same side never cover the truth:
+    Hypotheses that all miss by the same offset never cover the truth:
 
     >>> truth = np.zeros((10, 1, 3))
-    >>> calibration_curve(truth[None] + np.ones((99, 1, 1, 1)), truth, levels=[0.5, 0.9]).tolist()
+    >>> rng = np.random.default_rng(0)
+    >>> hypotheses = truth[None] + 5 + rng.normal(size=(99, 10, 1, 3))
+    >>> calibration_curve(hypotheses, truth, levels=[0.5, 0.9]).tolist()
     [[0.0, 0.0]]
     """
     hypotheses, truth = _check(hypotheses, truth)
     n = hypotheses.shape[0]
-    rank = (hypotheses < truth).sum(0)  # (..., joints, 3)
+    points = np.concatenate([hypotheses, truth[None]], 0)
+    distance = np.linalg.norm(points - np.median(points, 0), axis=-1)  # (hypotheses + 1, ..., joints)
+    rank = (distance[:-1] < distance[-1]).sum(0)  # (..., joints)
     levels = np.asarray(levels, dtype=np.float64)
-    low, high = rank[..., None] / (n + 1), (rank[..., None] + 1) / (n + 1)
-    overlap = np.minimum(high, 0.5 + levels / 2) - np.maximum(low, 0.5 - levels / 2)
-    inside = np.clip(overlap, 0, None) * (n + 1)  # (..., joints, 3, levels): fraction of the bin
+    # fraction of the truth's PIT bin [rank, rank + 1] / (n + 1) below each level
+    below = np.clip(levels * (n + 1) - rank[..., None], 0, 1)  # (..., joints, levels)
     joints = truth.shape[-2]
-    inside = inside.reshape(-1, joints, 3, len(levels))
+    below = below.reshape(-1, joints, len(levels))
     if mask is None:
-        keep = np.ones(inside.shape[:2], dtype=bool)
+        keep = np.ones(below.shape[:2], dtype=bool)
     else:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != truth.shape[:-1]:
             raise ValueError(f"mask {mask.shape} (expected truth's shape less its last axis, {truth.shape[:-1]})")
         keep = mask.reshape(-1, joints)
-    counts = keep.sum(0) * 3
-    covered = (inside * keep[..., None, None]).sum((0, 2))  # (joints, levels)
+    covered = (below * keep[..., None]).sum(0)  # (joints, levels)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return covered / counts[:, None]
+        return covered / keep.sum(0)[:, None]
 
 
 def expected_calibration_error(
@@ -145,10 +162,12 @@ def expected_calibration_error(
 ) -> float:
     """Mean absolute gap between observed and nominal coverage, averaged over levels and joints.
 
-    Per joint, the absolute difference between the observed coverage of the central quantile
-    intervals and their nominal level (``calibration_curve``) is averaged over ``levels``;
-    the result is the mean over joints that have an instance in ``mask``. 0 is perfect
-    calibration; a distribution that is too narrow or too wide scores up to 0.5.
+    Per joint, the absolute difference between the observed coverage of the quantile balls
+    (``calibration_curve``) and their nominal level is averaged over ``levels``; the result is
+    the mean over joints that have an instance in ``mask``. [1]_ takes the median over joints
+    of the coverage before the difference, which lets one joint's overconfidence cancel
+    another's underconfidence; here every joint counts. 0 is perfect calibration; a
+    distribution that is too narrow or too wide scores up to 0.5.
 
     Returns
     -------
@@ -162,10 +181,10 @@ def expected_calibration_error(
     >>> rng = np.random.default_rng(0)
     >>> truth = rng.normal(size=(2000, 4, 3))
     >>> samples = rng.normal(size=(100, 2000, 4, 3))
-    >>> round(expected_calibration_error(samples, truth), 2)
-    0.0
+    >>> expected_calibration_error(samples, truth) < 0.02
+    True
     >>> round(expected_calibration_error(3 * samples, truth), 2)
-    0.3
+    0.46
     """
     curve = calibration_curve(hypotheses, truth, mask, levels)
     per_joint = np.abs(curve - np.asarray(levels)).mean(-1)

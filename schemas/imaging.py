@@ -92,10 +92,10 @@ class Scan(dj.Manual):
 @schema
 class StimulusImage(dj.Manual):
     definition = """
-    # a stimulus image shown in trials
+    # a stimulus image (or movie) shown in trials
     image_id : int32
     ---
-    image    : <blob>    # (height, width) uint8 or float32 grey levels
+    image    : <blob>    # (height, width) uint8 or float32 grey levels; a movie: (frames, height, width), one per imaging frame
     """
 
 

@@ -13,6 +13,7 @@ behind: ``schemas.stores.collect_garbage()`` removes every stored file that no r
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from pathlib import Path
@@ -90,9 +91,9 @@ class TrialResponses(dj.Computed):
         -> master
         -> imaging.Trial
         ---
-        responses            : <blob>   # (units,) float32 mean activity in the window
-        behavior = null      : <blob>   # (3,) float32 pupil radius, its derivative (/s), running speed
-        pupil_center = null  : <blob>   # (2,) float32 eye position (x, y) minus its mean
+        responses            : <blob>   # (units,) float32 mean activity in the window; (T, units) per frame of a movie
+        behavior = null      : <blob>   # (3,) float32 pupil radius, its derivative (/s), running speed; (T, 2) radius, running
+        pupil_center = null  : <blob>   # (2,) float32 eye position (x, y) minus its mean; (T, 2) per frame
         """
 
     def make(self, key):
@@ -110,8 +111,12 @@ class TrialResponses(dj.Computed):
             behavior = {k: row.get(k) for k in ("running", "pupil_radius", "pupil_x", "pupil_y")}
         activity = np.stack([np.asarray(u["spikes"], dtype=np.float32) for u in units])
         onsets = np.array([t["onset_frame"] for t in trials], dtype=np.int64)
+        # a builder that responds over a trial's frames (``frames``, for movies) takes its length
+        extra = {}
+        if "durations" in inspect.signature(fn).parameters:
+            extra["durations"] = np.array([t["duration_frames"] for t in trials], dtype=np.int64)
         with imaging.naming_scan(key):
-            out = fn(activity, onsets, fps, behavior, **config)
+            out = fn(activity, onsets, fps, behavior, **extra, **config)
         unit_ids = np.array([u["unit_id"] for u in units], dtype=np.int64)
         self.insert1(
             {
@@ -231,9 +236,11 @@ def dataset_from_responses(
 
     Images shown on several trials form the test tier; the rest is split into train and
     validation with ``seed`` (``pipeline.sysid.data.trials_filetree``) -- unless the lab gave
-    every trial its tier (``imaging.TrialTier``), which is then used.
+    every trial its tier (``imaging.TrialTier``), which is then used. Responses per frame (the
+    ``frames`` response window) to movies (``StimulusImage`` rows of shape (T, H, W)) make a
+    video dataset (``pipeline.sysid.video.trials_video_tree``), tiered the same way.
     """
-    from pipeline.sysid import data
+    from pipeline.sysid import data, video
 
     source = (TrialResponses & key).fetch1()
     source_key = {k: source[k] for k in TrialResponses.primary_key}
@@ -244,7 +251,10 @@ def dataset_from_responses(
         for r in (imaging.StimulusImage & [{"image_id": int(i)} for i in np.unique(image_ids)]).to_dicts()
     }
     has_behavior = bool(source["has_behavior"])
-    tree = data.trials_filetree(
+    per_frame = np.ndim(trials[0]["responses"]) == 2 if trials else False
+    build = video.trials_video_tree if per_frame else data.trials_filetree
+    write = video.write_video_filetree if per_frame else data.write_filetree
+    tree = build(
         images,
         np.stack([t["responses"] for t in trials]),
         image_ids,
@@ -257,7 +267,7 @@ def dataset_from_responses(
         tiers=_lab_tiers(source_key, [t["trial_idx"] for t in trials]),
     )
     with tempfile.TemporaryDirectory() as tmp:
-        folder = data.write_filetree(Path(tmp) / dataset_id, tree)
+        folder = write(Path(tmp) / dataset_id, tree)
         connection = Dataset.connection
         with connection.transaction:
             Dataset.insert1({**_dataset_row(tree, dataset_id, "trial_responses", note), "filetree": str(folder)})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -54,10 +55,13 @@ class Experiment:
     shifts : (frames, 2) float32
         The rigid (y, x) shift, in pixels, that registers each frame back to the
         motion-free frame (what motion correction should recover).
-    neurons : Neurons
-        The receptive-field parameters of every cell.
+    neurons : Neurons or None
+        The receptive-field parameters of every cell (None for a video scan: see ``video``).
     clean : (frames, height, width) float32 or None
         The noiseless movie (with motion), when ``keep_clean``.
+    video : VideoExperiment or None
+        A video scan's ground truth (``pipeline.simulation.video.simulate_video_scan``):
+        ``images`` are then its movies and ``rates`` are per frame.
     """
 
     movie: np.ndarray
@@ -75,6 +79,7 @@ class Experiment:
     neurons: Neurons
     clean: np.ndarray | None = None
     params: dict = field(default_factory=dict)
+    video: Any = None  # the VideoExperiment of a video scan (pipeline.simulation.video.simulate_video_scan)
 
     def write_tiff(self, path: str | Path) -> Path:
         """Write the movie as a ScanImage-2016-like TIFF (see ``write_scanimage_tiff``)."""
@@ -257,6 +262,70 @@ def simulate_experiment(
         expected[onset : onset + stimulus_frames] += rates[k][None, :] / stimulus_frames
     spikes = rng.poisson(expected).T.astype(np.int32)  # (cells, frames)
 
+    recorded = _record(
+        rng,
+        spikes,
+        fp_padded,
+        height=height,
+        width=width,
+        margin=margin,
+        fps=fps,
+        tau=tau,
+        dff_per_spike=dff_per_spike,
+        cell_brightness=cell_brightness,
+        neuropil_brightness=neuropil_brightness,
+        neuropil_contamination=neuropil_contamination,
+        background=background,
+        read_noise=read_noise,
+        max_shift=max_shift,
+        keep_clean=keep_clean,
+    )
+
+    return Experiment(
+        movie=recorded["movie"],
+        fps=float(fps),
+        trials={
+            "image_id": image_id.astype(np.int64),
+            "onset_frame": onsets.astype(np.int64),
+            "duration_frames": np.full(n_trials, stimulus_frames, dtype=np.int64),
+        },
+        images=images,
+        behavior=behavior,
+        footprints=np.ascontiguousarray(footprints),
+        masks=footprints >= 0.5,
+        calcium=recorded["calcium"],
+        fluorescence=recorded["fluorescence"],
+        spikes=spikes,
+        rates=rates,
+        shifts=recorded["shifts"],
+        neurons=neurons,
+        clean=recorded["clean"],
+        params=params,
+    )
+
+
+def _record(
+    rng: np.random.Generator,
+    spikes: np.ndarray,
+    fp_padded: np.ndarray,
+    *,
+    height: int,
+    width: int,
+    margin: int,
+    fps: float,
+    tau: float,
+    dff_per_spike: float,
+    cell_brightness: tuple[float, float],
+    neuropil_brightness: float,
+    neuropil_contamination: float,
+    background: float,
+    read_noise: float,
+    max_shift: int,
+    keep_clean: bool,
+) -> dict:
+    """Image spikes (cells, frames) through an AR(1) indicator, somata and neuropil into a noisy, moving movie."""
+    n_cells, n_frames = spikes.shape
+    hp, wp = fp_padded.shape[1:]
     decay = np.exp(-1.0 / (tau * fps))
     calcium = np.empty(spikes.shape, dtype=np.float32)
     c = np.zeros(n_cells, dtype=np.float64)
@@ -307,24 +376,10 @@ def simulate_experiment(
                 clean_out[t] = view
             movie[t] = rng.poisson(np.maximum(view, 0.0)) + read_noise * rng.standard_normal(view.shape)
 
-    return Experiment(
-        movie=movie,
-        fps=float(fps),
-        trials={
-            "image_id": image_id.astype(np.int64),
-            "onset_frame": onsets.astype(np.int64),
-            "duration_frames": np.full(n_trials, stimulus_frames, dtype=np.int64),
-        },
-        images=images,
-        behavior=behavior,
-        footprints=np.ascontiguousarray(footprints),
-        masks=footprints >= 0.5,
-        calcium=calcium,
-        fluorescence=fluorescence.astype(np.float32),
-        spikes=spikes,
-        rates=rates,
-        shifts=shifts,
-        neurons=neurons,
-        clean=clean_out,
-        params=params,
-    )
+    return {
+        "movie": movie,
+        "calcium": calcium,
+        "fluorescence": fluorescence.astype(np.float32),
+        "shifts": shifts,
+        "clean": clean_out,
+    }

@@ -325,3 +325,121 @@ def simulate_video(
         fps=float(fps),
         params=params,
     )
+
+
+def simulate_video_scan(
+    seed: int = 0,
+    *,
+    n_cells: int = 40,
+    height: int = 64,
+    width: int = 64,
+    cell_radius: float = 3.0,
+    movie_height: int = 18,
+    movie_width: int = 32,
+    frames: int = 40,
+    n_train: int = 60,
+    n_validation: int = 10,
+    n_test_videos: int = 4,
+    test_repeats: int = 4,
+    fps: float = 30.0,
+    mean_rate: float = 0.15,
+    max_shift: int = 2,
+    keep_clean: bool = False,
+    **recording,
+):
+    """A two-photon scan of ``n_cells`` neurons of ``simulate_video`` watching movies, trial after trial.
+
+    The movies are shown back to back, one movie frame per imaging frame; the neurons' expected
+    counts per frame (``mean_rate`` on average) drive Poisson spikes, which the scan simulator
+    (``pipeline.simulation.experiment``) images through the indicator, somata, neuropil,
+    motion and noise. Behaviour (running, pupil) follows the latents over the whole session.
+
+    Returns
+    -------
+    pipeline.simulation.experiment.Experiment
+        ``images`` holds the movies ``(n_movies, frames, movie_height, movie_width)`` (trial
+        ``image_id`` = movie id), ``rates`` the expected counts ``(trials, frames, cells)``,
+        ``neurons`` is None and ``video`` the ``VideoExperiment`` (latents, filters, loadings).
+        Further keyword arguments go to the recording (``tau``, ``read_noise``, ...).
+    """
+    from pipeline.simulation.experiment import Experiment, _record, soma_footprints
+
+    params = dict(locals())
+    clip = simulate_video(
+        seed,
+        n_neurons=n_cells,
+        n_train=n_train,
+        n_validation=n_validation,
+        n_test_videos=n_test_videos,
+        test_repeats=test_repeats,
+        frames=frames,
+        height=movie_height,
+        width=movie_width,
+        fps=fps,
+        mean_rate=mean_rate,
+    )
+    rng = np.random.default_rng([seed, 1])
+    margin = 2 * int(max_shift)
+    fp_padded = soma_footprints(
+        n_cells, height + 2 * margin, width + 2 * margin, cell_radius, rng, margin=margin + int(max_shift)
+    )
+    footprints = fp_padded[:, margin : margin + height, margin : margin + width]
+    expected = clip.rates.reshape(-1, n_cells).T  # (cells, frames): trials back to back
+    spikes = rng.poisson(expected).astype(np.int32)
+    defaults = dict(
+        tau=0.8,
+        dff_per_spike=0.35,
+        cell_brightness=(12.0, 24.0),
+        neuropil_brightness=8.0,
+        neuropil_contamination=0.7,
+        background=4.0,
+        read_noise=2.0,
+    )
+    unknown = sorted(set(recording) - set(defaults))
+    if unknown:
+        raise TypeError(
+            f"simulate_video_scan: unknown recording parameter(s) {unknown} (expected some of {sorted(defaults)})"
+        )
+    recorded = _record(
+        rng,
+        spikes,
+        fp_padded,
+        height=height,
+        width=width,
+        margin=margin,
+        fps=fps,
+        max_shift=max_shift,
+        keep_clean=keep_clean,
+        **{**defaults, **recording},
+    )
+    n_movies = int(clip.video_ids.max()) + 1
+    first = {int(v): i for i, v in reversed(list(enumerate(clip.video_ids)))}
+    movies = np.stack([clip.videos[first[v]] for v in range(n_movies)])
+    behavior = {
+        "running": clip.behavior[..., 1].ravel(),
+        "pupil_radius": clip.behavior[..., 0].ravel(),
+        "pupil_x": clip.pupil_center[..., 0].ravel(),
+        "pupil_y": clip.pupil_center[..., 1].ravel(),
+    }
+    return Experiment(
+        movie=recorded["movie"],
+        fps=float(fps),
+        trials={
+            "image_id": clip.video_ids.astype(np.int64),
+            "onset_frame": np.arange(clip.n_trials, dtype=np.int64) * frames,
+            "duration_frames": np.full(clip.n_trials, frames, dtype=np.int64),
+        },
+        images=movies,
+        behavior=behavior,
+        footprints=np.ascontiguousarray(footprints),
+        masks=footprints >= 0.5,
+        calcium=recorded["calcium"],
+        fluorescence=recorded["fluorescence"],
+        spikes=spikes,
+        rates=clip.rates,
+        shifts=recorded["shifts"],
+        neurons=None,
+        clean=recorded["clean"],
+        params=params,
+        video=clip,
+    )

@@ -655,6 +655,30 @@ def _given_tiers(tiers: np.ndarray, n_trials: int) -> np.ndarray:
     return given.astype("<U10")
 
 
+def assign_tiers(stimulus_ids: np.ndarray, seed: int = 0, validation_fraction: float = 0.1) -> np.ndarray:
+    """Tiers of trials by the stimulus they showed (an image or a movie).
+
+    Stimuli shown on more than one trial make the ``test`` tier (their repeats give the noise
+    estimate of correlation to average and FEVE); the other stimuli are split into
+    ``validation`` (a seeded random ``validation_fraction`` of them) and ``train``.
+    """
+    if not 0.0 <= validation_fraction < 1.0:
+        raise FileTreeError(f"validation_fraction = {validation_fraction} (expected in [0, 1))")
+    stimulus_ids = np.asarray(stimulus_ids, dtype=np.int64)
+    ids, counts = np.unique(stimulus_ids, return_counts=True)
+    repeated = ids[counts > 1]
+    single = ids[counts == 1]
+    chosen = np.random.default_rng(seed).permutation(single)[: int(round(validation_fraction * len(single)))]
+    return np.where(
+        np.isin(stimulus_ids, repeated), "test", np.where(np.isin(stimulus_ids, chosen), "validation", "train")
+    ).astype("<U10")
+
+
+def given_tiers(tiers: np.ndarray, n_trials: int) -> np.ndarray:
+    """The lab's own tiers, checked: one of ``TIERS`` per trial."""
+    return _given_tiers(tiers, n_trials)
+
+
 def trials_filetree(
     images: dict[int, np.ndarray],
     responses: np.ndarray,
@@ -700,16 +724,7 @@ def trials_filetree(
     missing = sorted(set(image_ids.tolist()) - set(int(i) for i in images))
     if missing:
         raise FileTreeError(f"trials show image id(s) {missing[:10]} that have no image")
-    if not 0.0 <= validation_fraction < 1.0:
-        raise FileTreeError(f"validation_fraction = {validation_fraction} (expected in [0, 1))")
-    ids, counts = np.unique(image_ids, return_counts=True)
-    repeated = ids[counts > 1]
-    single = ids[counts == 1]
-    chosen = np.random.default_rng(seed).permutation(single)[: int(round(validation_fraction * len(single)))]
-    assigned = np.where(
-        np.isin(image_ids, repeated), "test", np.where(np.isin(image_ids, chosen), "validation", "train")
-    ).astype("<U10")
-    tiers = assigned if tiers is None else _given_tiers(tiers, len(image_ids))
+    tiers = assign_tiers(image_ids, seed, validation_fraction) if tiers is None else _given_tiers(tiers, len(image_ids))
     stack = (
         np.stack(
             [np.asarray(images[int(i)], dtype=np.float32).reshape(1, *np.shape(images[int(i)])[-2:]) for i in image_ids]

@@ -100,3 +100,97 @@ def window_mean(
         "behavior": behavior_out.astype(np.float32),
         "pupil_center": center.astype(np.float32),
     }
+
+
+def _check_frames(config: dict) -> None:
+    """The per-frame window's validation hook: a lag of 0 s or more."""
+    if not config["lag"] >= 0:
+        raise ValueError(f"lag = {config['lag']} s (expected 0 or more)")
+
+
+@identity.register("response", name="frames", validate=_check_frames)
+def frames(
+    activity: np.ndarray,
+    onsets: np.ndarray,
+    fps: float,
+    behavior: dict[str, np.ndarray] | None = None,
+    durations: np.ndarray | None = None,
+    *,
+    lag: float = 0.0,
+) -> dict[str, np.ndarray | None]:
+    """Activity of every unit at every frame of a trial: the responses to a movie, over time.
+
+    Frame ``t`` of a trial is the activity at ``onset + t + round(lag * fps)``: one response
+    per movie frame (the stimulus is shown one movie frame per imaging frame).
+
+    Parameters
+    ----------
+    activity
+        (units, frames) inferred spike rate per frame.
+    onsets
+        (trials,) first frame of every trial.
+    fps
+        Frame rate (Hz).
+    behavior
+        Optional per-frame traces (frames,): ``running``, ``pupil_radius``, ``pupil_x``,
+        ``pupil_y``; missing keys are allowed only as a whole.
+    durations
+        (trials,) frames of every trial; all equal (a dataset's trials share one length).
+    lag
+        Seconds between a movie frame and the activity it is paired with.
+
+    Returns
+    -------
+    dict
+        ``responses`` (trials, T, units) float32; ``behavior`` (trials, T, 2) float32 as
+        pupil radius and running speed, ``pupil_center`` (trials, T, 2) as (x, y) minus their
+        mean over the trials' frames -- both None without ``behavior``.
+
+    Raises
+    ------
+    ValueError
+        If the trials differ in length or a trial's frames leave the recording, naming it.
+    """
+    activity = np.asarray(activity, dtype=np.float32)
+    onsets = np.asarray(onsets, dtype=np.int64)
+    if activity.ndim != 2:
+        raise ValueError(f"activity has shape {activity.shape} (expected (units, frames))")
+    if durations is None:
+        raise ValueError("frames responses need every trial's duration_frames (got None)")
+    durations = np.asarray(durations, dtype=np.int64)
+    lengths = np.unique(durations)
+    if len(lengths) != 1 or lengths[0] < 1:
+        raise ValueError(
+            f"trials last {sorted(lengths.tolist())[:5]} frames (expected one length of at least 1 frame for all "
+            "trials: cut the movies to one length)"
+        )
+    length = int(lengths[0])
+    shift = int(round(lag * fps))
+    index = onsets[:, None] + shift + np.arange(length)[None, :]  # (trials, T)
+    bad = np.flatnonzero((index[:, 0] < 0) | (index[:, -1] >= activity.shape[1]))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"trial {i}: frames {index[i, 0]}..{index[i, -1]} outside the recording "
+            f"(onset frame {onsets[i]}, lag {shift} frames; expected within 0..{activity.shape[1] - 1})"
+        )
+    responses = np.ascontiguousarray(np.moveaxis(activity[:, index], 0, -1))  # (trials, T, units)
+    if behavior is None:
+        return {"responses": responses, "behavior": None, "pupil_center": None}
+    needed = ("running", "pupil_radius", "pupil_x", "pupil_y")
+    missing = [k for k in needed if behavior.get(k) is None]
+    if missing:
+        raise ValueError(f"behavior lacks {missing} (expected all of {list(needed)} or no behavior)")
+    traces = {}
+    for name in needed:
+        trace = np.asarray(behavior[name], dtype=np.float32).ravel()
+        if trace.shape[0] != activity.shape[1]:
+            raise ValueError(f"behavior {name} has {trace.shape[0]} frames (expected {activity.shape[1]}, as activity)")
+        traces[name] = trace[index]
+    center = np.stack([traces["pupil_x"], traces["pupil_y"]], -1)
+    center -= center.reshape(-1, 2).mean(0)
+    return {
+        "responses": responses,
+        "behavior": np.stack([traces["pupil_radius"], traces["running"]], -1).astype(np.float32),
+        "pupil_center": center.astype(np.float32),
+    }

@@ -270,6 +270,63 @@ def write_video_filetree(path: str | os.PathLike, tree: VideoTree, *, overwrite:
     return folder
 
 
+def trials_video_tree(
+    movies: dict[int, np.ndarray],
+    responses: np.ndarray,
+    video_ids: np.ndarray,
+    trial_idx: np.ndarray,
+    unit_ids: np.ndarray,
+    *,
+    behavior: np.ndarray | None = None,
+    pupil_center: np.ndarray | None = None,
+    seed: int = 0,
+    validation_fraction: float = 0.1,
+    tiers: np.ndarray | None = None,
+) -> VideoTree:
+    """A video dataset from per-frame trial responses, with tiers assigned as for images (``assign_tiers``).
+
+    Parameters
+    ----------
+    movies
+        video_id -> (T, H, W) movie, one frame per imaging frame of the trial.
+    responses
+        (trials, T, units).
+    video_ids, trial_idx
+        (trials,) the movie shown and the trial's index.
+    unit_ids
+        (units,).
+    behavior, pupil_center
+        (trials, T, 2) each (pupil dilation and running speed; eye position), or None.
+    seed, validation_fraction, tiers
+        As ``pipeline.sysid.data.trials_filetree``.
+    """
+    from pipeline.sysid.data import assign_tiers, given_tiers
+
+    video_ids = np.asarray(video_ids, dtype=np.int64)
+    missing = sorted(set(video_ids.tolist()) - set(int(i) for i in movies))
+    if missing:
+        raise FileTreeError(f"trials show video id(s) {missing[:10]} that have no movie")
+    responses = np.asarray(responses, dtype=np.float32)
+    frames = responses.shape[1]
+    for i in np.unique(video_ids):
+        shape = np.shape(movies[int(i)])
+        if len(shape) != 3 or shape[0] != frames:
+            raise FileTreeError(
+                f"movie {int(i)} has shape {shape} (expected ({frames}, H, W): one frame per response frame)"
+            )
+    tiers = assign_tiers(video_ids, seed, validation_fraction) if tiers is None else given_tiers(tiers, len(video_ids))
+    return VideoTree(
+        videos=np.stack([np.asarray(movies[int(i)], dtype=np.float32) for i in video_ids]),
+        responses=responses,
+        tiers=tiers,
+        video_ids=video_ids,
+        trial_idx=np.asarray(trial_idx, dtype=np.int64),
+        neurons={"unit_ids": np.asarray(unit_ids, dtype=np.int64)},
+        behavior=behavior,
+        pupil_center=pupil_center,
+    )
+
+
 # --------------------------------------------------------------------------------------- #
 # loaders
 # --------------------------------------------------------------------------------------- #

@@ -104,3 +104,29 @@ def test_pooled_neurons_are_suppressed_by_high_contrast():
     gain_low = 1.0 / (1.0 + neurons.norm_strength * p_low**2)
     gain_high = 1.0 / (1.0 + neurons.norm_strength * p_high**2)
     assert np.median(gain_high / gain_low) < 0.5 and z_low.shape == (200, 10)
+
+
+def test_divisive_normalization_with_exponent_one_divides_by_sigma_squared_plus_energy():
+    torch.manual_seed(0)
+    layer = DivisiveNormalization(3, pool_kernel=1, sigma=0.5)
+    with torch.no_grad():
+        layer.exponent_logit.fill_(30.0)  # q = sigmoid(30) = 1 in float32
+        layer.pool_logits.fill_(float(np.log(np.expm1(2.0))))  # every weight 2
+    x = torch.randn(2, 3, 4, 4)
+    expected = x / (0.25 + 2.0 * x.pow(2).sum(1, keepdim=True))
+    assert float(layer.exponent()[0]) == 1.0
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+
+
+def test_divisive_normalization_core_normalizes_the_linear_responses_of_its_last_layer():
+    from pipeline.sysid.models import DivisiveNormalizationCore
+
+    torch.manual_seed(0)
+    core = DivisiveNormalizationCore(1, 4, 2, 5, 3, True, pool_kernel=3).eval()
+    images = torch.randn(3, 1, 10, 10)
+    x = torch.nn.functional.elu(core.norms[0](core.convs[0](images)))
+    linear = core.norms[1](core.convs[1](x))  # signed: the energy pool sees both signs
+    out = core(images)
+    assert out.shape == (3, 8, 10, 10) and float(linear.min()) < -0.5
+    assert torch.allclose(out[:, :4], torch.nn.functional.elu(linear), atol=1e-6)
+    assert torch.allclose(out[:, 4:], torch.nn.functional.elu(core.divisive(linear)), atol=1e-6)

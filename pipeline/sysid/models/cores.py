@@ -80,15 +80,17 @@ class StackedCNNCore(nn.Module):
 
 
 class DivisiveNormalizationCore(StackedCNNCore):
-    """A stacked CNN core with divisively normalized copies of its rectified maps (Burg et al. 2021).
+    """A stacked CNN core with divisively normalized copies of its last maps (Burg et al. 2021).
 
-    ``a = elu(norm(conv(...)))`` as in ``StackedCNNCore``; the output is ``[a, DN(a)]``, every
-    map of the second half divided by a learned pool of the squared maps of all channels
-    around it (``DivisiveNormalization``). Keeping both halves lets the readout choose per
+    ``x = norm(conv(...))`` is the last layer's linear response and ``a = elu(x)`` its output,
+    as in ``StackedCNNCore``; the output is ``[a, elu(DN(x))]``, every map of the second half
+    divided by a learned pool of the squared responses of all channels around it
+    (``DivisiveNormalization``). The pool reads the signed responses before the
+    nonlinearity: their squares are the energy of the filters, Heeger's normalization pool,
+    which half-rectified maps would lose. Keeping both halves lets the readout choose per
     neuron: in a population where only some neurons are normalized, one shared division of
-    every channel would help those and hurt the others (measured on the simulated population:
-    +0.05 and -0.05 correlation). With ``normalize=False`` it is exactly ``StackedCNNCore``,
-    the same model without normalization.
+    every channel would help those and hurt the others. With ``normalize=False`` it is
+    exactly ``StackedCNNCore``, the same model without normalization.
 
     Parameters
     ----------
@@ -107,8 +109,14 @@ class DivisiveNormalizationCore(StackedCNNCore):
             self.outchannels *= 2
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = super().forward(images)
-        return x if self.divisive is None else torch.cat([x, self.divisive(x)], dim=1)
+        if self.divisive is None:
+            return super().forward(images)
+        x = images
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            x = norm(conv(x))
+            if i < len(self.convs) - 1:
+                x = F.elu(x)
+        return torch.cat([F.elu(x), F.elu(self.divisive(x))], dim=1)
 
 
 class RotationEquivariantCore(nn.Module):

@@ -18,14 +18,16 @@ NORMS = ("batch", "layer", "divisive")
 
 
 class DivisiveNormalization(nn.Module):
-    """``y_c = x_c / (sigma_c + sqrt(sum_{c', d} w_{c c' d} x_{c'}(p + d)^2)) + b_c``, w >= 0.
+    """``y_c = x_c / (sigma_c^2 + sum_{c', d} w_{c c' d} x_{c'}(p + d)^2)^q_c + b_c``, w >= 0.
 
-    Each channel is divided by the root of a learned, non-negative weighting of the squared
-    activity of every channel in a ``pool_kernel`` x ``pool_kernel`` neighbourhood; sigma_c > 0
-    is a learned semi-saturation constant and b_c a learned bias (0 at first; it sets the
-    threshold of the nonlinearity that follows, as batch norm's bias does). Scaling the input by a > 0 scales ``x`` by a and
-    the pool by a, so for sigma -> 0 the output does not change (contrast invariance) and for
-    large sigma it grows linearly.
+    Each channel is divided by a learned, non-negative weighting of the squared activity (the
+    energy) of every channel in a ``pool_kernel`` x ``pool_kernel`` neighbourhood, raised to a
+    learned exponent ``q_c`` in (0, 1) (0.5 at first); sigma_c > 0 is a learned
+    semi-saturation constant and b_c a learned bias (0 at first; it sets the threshold of the
+    nonlinearity that follows, as batch norm's bias does). With q = 0.5 and sigma -> 0 scaling
+    the input by a > 0 does not change the output (contrast invariance); for large sigma the
+    layer is linear; with q -> 1 it is Heeger's ``x / (sigma^2 + energy)``. Learning the
+    exponent follows Burg et al. 2021, who learn the exponent of their normalization.
 
     Parameters
     ----------
@@ -66,16 +68,23 @@ class DivisiveNormalization(nn.Module):
         # log scale: a channel can move its sigma by orders of magnitude, i.e. switch itself
         # from contrast-invariant (sigma << pool) to unnormalized (sigma >> pool)
         self.log_sigma = nn.Parameter(torch.full((channels,), math.log(sigma)))
+        # q = sigmoid(logit): 0.5 at first
+        self.exponent_logit = nn.Parameter(torch.zeros(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def pool_weights(self) -> torch.Tensor:
         """(C, C, k, k) non-negative pool weights."""
         return F.softplus(self.pool_logits)
 
+    def exponent(self) -> torch.Tensor:
+        """(C,) exponents q of the denominators, in (0, 1)."""
+        return torch.sigmoid(self.exponent_logit)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool = F.conv2d(x.pow(2), self.pool_weights(), padding=self.pool_kernel // 2)
-        sigma = self.log_sigma.exp()[None, :, None, None]
-        return x / (sigma + torch.sqrt(pool + 1e-12)) + self.bias[None, :, None, None]
+        sigma2 = (2.0 * self.log_sigma).exp()[None, :, None, None]
+        q = self.exponent()[None, :, None, None]
+        return x / (sigma2 + pool + 1e-12).pow(q) + self.bias[None, :, None, None]
 
 
 def make_norm(kind: str, channels: int, *, momentum: float = 0.1, pool_kernel: int = 5) -> nn.Module:

@@ -244,7 +244,7 @@ class KShotScore(dj.Computed):
         k                        : int32     # K used (clipped to n_context)
         correlation_to_average   : float64   # mean over held-out units, test tier
         single_trial_correlation : float64
-        seconds_per_neuron       : float64   # inference (neural process) or fitting (readout), core pass included
+        seconds_per_neuron       : float64   # inference (neural process) or fitting (readout); shared core pass excluded
         unit_correlation         : <blob>    # (n_heldout,) correlation to average per unit
         """
 

@@ -9,7 +9,7 @@ import torch
 from models_helpers import synthetic_loaders
 from pipeline.sysid import kshot
 from pipeline.sysid.models import neural_process
-from pipeline.sysid.models.neural_process import add_sums, context_sums, predict, random_split
+from pipeline.sysid.models.neural_process import SetEncoder, add_sums, context_sums, predict, random_split
 from pipeline.sysid.training import poisson_loss
 
 torch.set_num_threads(1)
@@ -100,6 +100,37 @@ def test_kshot_curve_scores_both_methods_at_every_k_clipped_to_the_data(trained,
         (128, "fitted_readout"),
     ]
     assert all(p["seconds_per_neuron"] > 0 and p["unit_correlation_to_average"].shape == (8,) for p in points)
+    # the core's pass over the K images is shared by both methods: timed once, apart
+    assert all(p["core_seconds"] > 0 for p in points)
+    assert points[0]["core_seconds"] == points[1]["core_seconds"]
     # with every trial the neural process predicts these neurons far above chance
     assert points[2]["correlation_to_average"] > 0.3
     assert all(-1.0 <= p["correlation_to_average"] <= 1.0 for p in points)
+
+
+def test_feature_products_are_the_per_position_sums_of_feature_pairs():
+    maps, responses = torch.randn(150, 3, 4, 5), torch.rand(150, 2)
+    gg = context_sums(maps, responses)["gg"]
+    assert gg.shape == (3, 3, 4, 5)
+    assert torch.allclose(gg, torch.einsum("kchw,kdhw->cdhw", maps, maps), atol=1e-3)
+
+
+def test_untrained_encoder_finds_a_glm_neurons_location_and_weight_direction_at_large_k():
+    # a neuron whose rate is ELU(w . g(p0) + b) + 1 on correlated features; with many trials
+    # the encoder's regression finds p0 and the direction of w before any training
+    generator = torch.Generator().manual_seed(0)
+    k, c, h, w = 4000, 6, 5, 7
+    mixing = torch.eye(c) + 0.6 * torch.randn(c, c, generator=generator)
+    maps = torch.einsum("dc,kdhw->kchw", mixing, torch.randn(k, c, h, w, generator=generator))
+    true_w = torch.tensor([1.0, -0.5, 0.0, 0.3, 0.0, 0.2])
+    drive = maps[:, :, 3, 2] @ true_w * 0.5
+    responses = torch.poisson(torch.nn.functional.elu(drive) + 1.0, generator=generator)[:, None]
+    encoder = SetEncoder(c).eval()
+    with torch.no_grad():
+        readout = encoder(context_sums(maps, responses))
+    assert int(readout["mask"].argmax()) == 3 * w + 2 and float(readout["mask"].max()) > 0.8
+    cosine = torch.nn.functional.cosine_similarity(readout["weights"][0], true_w, dim=0)
+    # the spike-triggered average there, blurred by the features' correlations, is far off
+    f = maps[:, :, 3, 2]
+    sta = ((f - f.mean(0)) * (responses - responses.mean())).mean(0)
+    assert float(cosine) > 0.9 > 0.6 > float(torch.nn.functional.cosine_similarity(sta, true_w, dim=0))

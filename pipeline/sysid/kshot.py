@@ -20,7 +20,15 @@ import torch
 from pipeline import identity
 from pipeline.device import choose_device
 from pipeline.sysid import metrics
-from pipeline.sysid.models.neural_process import NeuralProcess, add_sums, context_sums, predict, random_split
+from pipeline.sysid.models.neural_process import (
+    NeuralProcess,
+    add_sums,
+    context_sums,
+    predict,
+    random_split,
+    response_sums,
+    stimulus_sums,
+)
 from pipeline.sysid.models.readouts import FactorizedReadout
 from pipeline.sysid.training import (
     TrainingDiverged,
@@ -252,8 +260,12 @@ def kshot_curve(
     -------
     list of dicts, one per (K, method, repeat): ``k_request``, ``k``, ``method``
     ("neural_process" | "fitted_readout"), ``repeat``, ``correlation_to_average``,
-    ``single_trial_correlation``, ``seconds_per_neuron`` (inference resp. fitting, including
-    the core's pass over the K images), ``unit_correlation_to_average`` (N,).
+    ``single_trial_correlation``, ``seconds_per_neuron`` (inference resp. fitting of the N
+    neurons together, divided by N), ``core_seconds`` (the core's pass over the K images),
+    ``shared_seconds`` (all the method's work on the K images alone, computed once for every
+    neuron that saw them: the core's pass, and for the neural process the features'
+    statistics; not in ``seconds_per_neuron``),
+    ``unit_correlation_to_average`` (N,).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -270,18 +282,24 @@ def kshot_curve(
         for repeat in range(repeats):
             rows = torch.as_tensor(np.sort(rng.choice(n_context, size=k, replace=False)))
             images, observed = context["images"][rows].to(device), context["responses"][rows].to(device)
+            # what depends on the K images alone is computed once for every neuron that saw
+            # them and timed apart: the core's pass (both methods) and the neural process's
+            # feature statistics; the per-neuron times are what each method adds for the neurons
             with torch.no_grad():
                 maps, core_seconds = _timed(lambda: model.core(images))
-                readout, np_seconds = _timed(lambda: model.encoder(context_sums(maps, observed)))
+                stimulus, stimulus_seconds = _timed(lambda: model.encoder.stimulus_statistics(stimulus_sums(maps)))
+                readout, np_seconds = _timed(
+                    lambda: model.encoder({**response_sums(maps, observed), "n": stimulus["n"]}, stimulus)
+                )
                 np_predictions = predict(test_maps, readout).cpu().numpy()
             fitted, fit_seconds = _timed(
                 lambda: fit_readout(maps, observed, steps=readout_steps, lr=readout_lr, gamma=gamma_readout)
             )
             with torch.no_grad():
                 fit_predictions = (torch.nn.functional.elu(fitted(test_maps)) + 1.0).cpu().numpy()
-            for method, predictions, seconds in (
-                ("neural_process", np_predictions, np_seconds),
-                ("fitted_readout", fit_predictions, fit_seconds),
+            for method, predictions, seconds, shared in (
+                ("neural_process", np_predictions, np_seconds, core_seconds + stimulus_seconds),
+                ("fitted_readout", fit_predictions, fit_seconds, core_seconds),
             ):
                 points.append(
                     {
@@ -289,7 +307,9 @@ def kshot_curve(
                         "k": k,
                         "method": method,
                         "repeat": repeat,
-                        "seconds_per_neuron": (core_seconds + seconds) / n_neurons,
+                        "seconds_per_neuron": seconds / n_neurons,
+                        "core_seconds": core_seconds,
+                        "shared_seconds": shared,
                         **_scores(responses, predictions, image_ids),
                     }
                 )

@@ -1,14 +1,14 @@
 """A K-shot neural process: a neuron's readout inferred from K (image, response) pairs in one pass.
 
 After the Factorized Neural Process of Cotton, Sinz & Tolias (2020), written anew: a shared
-core maps images to features g (C, H, W); a set encoder reads the set mean of ``[g, g * r, r]``
-over a neuron's K context trials (i.e. the mean features, the response-weighted features and
-the mean response: a deterministic per-neuron latent that any K summarizes in the same
-size), and infers from it the neuron's *location* (a distribution over the maps' positions)
-and its *feature weights* and bias; the rate on a new image is ``ELU(w . f + b) + 1`` with ``f``
-the features read at that location, scored with a Poisson likelihood. A new neuron costs one
-forward pass, no per-neuron optimization.
-"""
+core maps images to features g (C, H, W); a set encoder reads set means over a neuron's K
+context trials, of ``[g, g * r, r]`` as the paper's and of the feature products ``g g^T`` at
+every position (the images' part, shared by all neurons): a per-neuron summary of the same
+size for any K. From it it infers the neuron's *location* (a distribution over the maps'
+positions) and its *feature weights* and bias, by a ridge regression at every position with
+learned ridge, location smoothing and gain; the rate on a new image is ``ELU(w . f + b) + 1``
+with ``f`` the features read at that location, scored with a Poisson likelihood. A new neuron
+costs one forward pass, no per-neuron optimization."""
 
 from __future__ import annotations
 
@@ -22,8 +22,44 @@ from .encoder import PerDataset
 
 Sums = dict[str, torch.Tensor]
 
-#: initial weight of the correlation energy in the location logits
-ENERGY_GAIN = 200.0
+#: initial weight of a position's evidence K * R2 / 2 in the location logits (1: the posterior)
+LOCATION_GAIN = 1.0
+
+
+def stimulus_sums(maps: torch.Tensor) -> Sums:
+    """The part of the context sums that depends on the images only (shared by all neurons).
+
+    Parameters
+    ----------
+    maps : (K, C, H, W) core features of the context images.
+
+    Returns
+    -------
+    dict: ``n`` (scalar), ``g`` (C, H, W) and ``gg`` (C, C, H, W) sums of features and of the
+    products of every two features at every position.
+    """
+    if maps.ndim != 4:
+        raise ValueError(f"context maps {tuple(maps.shape)} (expected (K, C, H, W))")
+    return {
+        "n": torch.tensor(float(maps.shape[0]), device=maps.device),
+        "g": maps.sum(0),
+        "gg": _feature_products(maps),
+    }
+
+
+def response_sums(maps: torch.Tensor, responses: torch.Tensor) -> Sums:
+    """The per-neuron part of the context sums: ``gr`` (N, C, H, W), ``r`` and ``r2`` (N,)."""
+    if maps.ndim != 4 or responses.ndim != 2 or maps.shape[0] != responses.shape[0]:
+        raise ValueError(
+            f"context maps {tuple(maps.shape)} and responses {tuple(responses.shape)} "
+            "(expected (K, C, H, W) and (K, N) with the same K)"
+        )
+    flat = maps.reshape(maps.shape[0], -1)
+    return {
+        "gr": (responses.T @ flat).reshape(responses.shape[1], *maps.shape[1:]),
+        "r": responses.sum(0),
+        "r2": responses.pow(2).sum(0),
+    }
 
 
 def context_sums(maps: torch.Tensor, responses: torch.Tensor) -> Sums:
@@ -36,23 +72,22 @@ def context_sums(maps: torch.Tensor, responses: torch.Tensor) -> Sums:
 
     Returns
     -------
-    dict: ``n`` (scalar), ``g`` (C, H, W) and ``g2`` (C,) sums of features and squared
-    features, ``gr`` (N, C, H, W) sum of features times response, ``r`` and ``r2`` (N,) sums of
-    responses and squared responses.
+    dict: ``stimulus_sums`` (``n``, ``g``, ``gg``: shared by all neurons) and ``response_sums``
+    (``gr`` (N, C, H, W), ``r``, ``r2`` (N,)).
     """
-    if maps.ndim != 4 or responses.ndim != 2 or maps.shape[0] != responses.shape[0]:
-        raise ValueError(
-            f"context maps {tuple(maps.shape)} and responses {tuple(responses.shape)} "
-            "(expected (K, C, H, W) and (K, N) with the same K)"
-        )
-    return {
-        "n": torch.tensor(float(maps.shape[0]), device=maps.device),
-        "g": maps.sum(0),
-        "g2": maps.pow(2).sum(dim=(0, 2, 3)),
-        "gr": torch.einsum("kchw,kn->nchw", maps, responses),
-        "r": responses.sum(0),
-        "r2": responses.pow(2).sum(0),
-    }
+    return {**response_sums(maps, responses), **stimulus_sums(maps)}
+
+
+def _feature_products(maps: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """(C, C, H, W) sums over trials of the products of every two features at every position."""
+    k, c, h, w = maps.shape
+    total = maps.new_zeros(h * w, c, c)
+    # one small matrix product per position, a chunk of trials at a time, on contiguous
+    # copies: an einsum over all K at once, or strided batches, were 3-7x slower on a CPU
+    for part in maps.split(chunk):
+        flat = part.flatten(2).permute(2, 1, 0).contiguous()  # (P, C, k)
+        total = total + torch.bmm(flat, flat.transpose(1, 2).contiguous())
+    return total.permute(1, 2, 0).reshape(c, c, h, w)
 
 
 def add_sums(a: Sums | None, b: Sums) -> Sums:
@@ -63,61 +98,96 @@ def add_sums(a: Sums | None, b: Sums) -> Sums:
 class SetEncoder(nn.Module):
     """Context sums -> per-neuron location distribution (N, H*W), feature weights (N, C), bias (N).
 
-    From the set means it forms, per neuron and position, the correlation-like map
-    ``(mean(g r) - mean(g) mean(r)) / (std(g) std(r))`` (N, C, H, W); a 1x1 network with a
-    ``1/sqrt(K)`` input (how noisy the map is) embeds every position; the location branch
-    turns the embedding into logits (a 5x5 convolution, so neighbours agree) and a softmax over
-    positions; the feature branch reads the embedding and the map at that distribution and,
-    with the mean and spread of the responses, gives the feature weights and the bias.
+    From the set means it forms, at every position p, the ridge regression of each neuron's
+    response on the C features there, ``beta_p = (Sigma_p + lambda_p I)^-1 cov_p(g, r)``, and
+    the fraction of the response variance it explains, ``R2_p = cov_p . beta_p / var(r)``. The
+    location branch turns the evidence ``K R2_p / 2`` (the log-likelihood gain of a Gaussian
+    linear readout at p) into logits with a 5x5 convolution (the centre weight 1 at first: the
+    posterior over positions under a flat prior, which sharpens as K grows; a mean over
+    positions would blur the features) and a softmax over positions. The feature weights are the regression coefficients at that
+    distribution times a learned, per-neuron gain (an MLP of the mean and spread of the
+    responses, R2 at the location and the correlations there), plus the MLP's correction;
+    the bias makes the mean predicted rate the mean response. The ridge ``lambda_p`` is a
+    learned fraction of the features' variance at p, larger for small K (a prior that
+    shrinks noisy estimates). K enters only through the statistics, the evidence and the
+    ridge, not as an input of the learned networks: training sees contexts of a batch's size,
+    and the readout of a K far larger is then what the same statistics, less noisy, give,
+    not an extrapolation of a network in K.
+
+    Why regression and not the response-weighted mean alone: core features are correlated,
+    so the spike-triggered average is a blurred mix of the neuron's weights; for Gaussian
+    features and a rate ``f(w . g + b)`` (Stein's lemma) ``Sigma^-1 cov(g, r) = E[f'] w``, i.e.
+    the regression finds the direction of w and the gain ``1 / E[f']`` is one number per
+    neuron. With K -> all trials the inferred readout thus approaches the fitted one.
 
     Parameters
     ----------
     channels : C, features of the core.
-    hidden : width of the embedding.
+    hidden : width of the MLP.
     """
 
     def __init__(self, channels: int, hidden: int = 32):
         super().__init__()
         self.channels = channels
-        self.embed = nn.Sequential(nn.Conv2d(channels + 1, hidden, 1), nn.ELU(), nn.Conv2d(hidden, hidden, 1), nn.ELU())
-        # location logits from the embedding and the correlation energy mean_c corr^2; the
-        # energy starts as a smoothed spike-triggered map, so that the location is found from
-        # the first step and the network learns what to add to it (e.g. at small K)
-        self.location = nn.Conv2d(hidden + 1, 1, 5, padding=2)
+        # log of the ridge as a fraction of the mean feature variance: a floor, and a part ~ 1/K
+        self.log_ridge = nn.Parameter(torch.tensor([math.log(1e-2), math.log(1.0)]))
+        self.location = nn.Conv2d(1, 1, 5, padding=2)
         with torch.no_grad():
             self.location.weight.zero_()
-            t = torch.arange(-2.0, 3.0)
-            gauss = torch.exp(-(t[:, None] ** 2 + t[None, :] ** 2) / 2.0)
-            self.location.weight[0, hidden] = ENERGY_GAIN * gauss / gauss.sum()
-        self.features = nn.Sequential(
-            nn.Linear(hidden + channels + 3, hidden), nn.ELU(), nn.Linear(hidden, channels + 1)
-        )
-        # start from "weights follow the correlation at the location", bias from the mean response
+            self.location.bias.zero_()
+            self.location.weight[0, 0, 2, 2] = LOCATION_GAIN
+        self.features = nn.Sequential(nn.Linear(channels + 3, hidden), nn.ELU(), nn.Linear(hidden, channels + 2))
+        # start from "weights = regression coefficients, bias from the mean response"
         nn.init.zeros_(self.features[-1].weight)
         nn.init.zeros_(self.features[-1].bias)
-        self.direct = nn.Parameter(torch.tensor(1.0))
 
-    def forward(self, sums: Sums) -> dict[str, torch.Tensor]:
+    def stimulus_statistics(self, sums: Sums) -> dict[str, torch.Tensor]:
+        """What the encoder needs of the images alone (``n``, ``g``, ``gg``): the same for every
+        neuron that saw them, so computed once for all of them.
+
+        Returns
+        -------
+        dict: ``n``, ``mu`` (C, P) mean features, ``variance`` (P, C) their variances,
+        ``precision`` (P, C, C) the inverse of the ridge-regularized feature covariance at every
+        position (one matrix product per neuron then gives its regression coefficients).
+        """
         n = sums["n"].clamp(min=1.0)
-        c, h, w = sums["g"].shape
-        g_mean = sums["g"] / n
-        g_var = (sums["g2"] / (n * h * w) - g_mean.mean(dim=(1, 2)) ** 2).clamp(min=1e-6)
+        c = sums["g"].shape[0]
+        mu = (sums["g"] / n).flatten(1)  # (C, P)
+        sigma = ((sums["gg"] / n).flatten(2) - mu[:, None] * mu[None]).permute(2, 0, 1)  # (P, C, C)
+        variance = torch.diagonal(sigma, dim1=1, dim2=2).clamp(min=1e-6)  # (P, C)
+        ridge = (self.log_ridge[0].exp() + self.log_ridge[1].exp() / n) * variance.mean(1)  # (P,)
+        eye = torch.eye(c, device=sigma.device, dtype=sigma.dtype)
+        precision = torch.cholesky_inverse(torch.linalg.cholesky(sigma + ridge[:, None, None] * eye))
+        return {"n": n, "mu": mu, "variance": variance, "precision": precision}
+
+    def forward(self, sums: Sums, stimulus: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Readouts of N neurons from their context sums; ``stimulus``: ``stimulus_statistics(sums)``
+        if already computed for these images."""
+        stimulus = self.stimulus_statistics(sums) if stimulus is None else stimulus
+        n, mu, variance = stimulus["n"], stimulus["mu"], stimulus["variance"]
+        c, h, w = sums["gr"].shape[1:]
         r_mean = sums["r"] / n
-        r_std = (sums["r2"] / n - r_mean**2).clamp(min=1e-6).sqrt()
-        cov = sums["gr"] / n - g_mean[None] * r_mean[:, None, None, None]
-        corr = cov / (g_var.sqrt()[None, :, None, None] * r_std[:, None, None, None])  # (N, C, H, W)
-        noise = torch.ones_like(corr[:, :1]) / torch.sqrt(n)
-        hidden = self.embed(torch.cat([corr, noise], dim=1))  # (N, D, H, W)
-        energy = corr.pow(2).mean(dim=1, keepdim=True)
-        mask = torch.softmax(self.location(torch.cat([hidden, energy], dim=1)).flatten(1), dim=1)  # (N, H*W)
-        pooled = torch.einsum("ndp,np->nd", hidden.flatten(2), mask)
-        at_location = torch.einsum("ncp,np->nc", corr.flatten(2), mask)
-        scalars = torch.stack([r_mean, torch.log(r_std), noise[:, 0, 0, 0]], dim=1)
-        out = self.features(torch.cat([pooled, at_location, scalars], dim=1))
-        weights = self.direct * at_location + out[:, :c]
-        # ELU(x) + 1 = mean response at x = mean - 1 (mean >= 1) or log(mean)
+        r_var = (sums["r2"] / n - r_mean**2).clamp(min=1e-6)
+        cov = (sums["gr"] / n).flatten(2) - mu[None] * r_mean[:, None, None]  # (N, C, P)
+        beta = torch.bmm(stimulus["precision"], cov.permute(2, 1, 0).contiguous()).permute(2, 1, 0)  # (N, C, P)
+        explained = (cov * beta).sum(1) / r_var[:, None]  # (N, P)
+        # K R2 / 2 is the log-likelihood gain of a Gaussian linear readout at p: a softmax of it
+        # is the posterior of the location under a flat prior, sharper the more trials there are
+        evidence = 0.5 * n * explained
+        mask = torch.softmax(self.location(evidence.unflatten(1, (1, h, w))).flatten(1), dim=1)  # (N, P)
+        coefficients = (beta * mask[:, None]).sum(-1)
+        f_mean = mask @ mu.T  # (N, C) mean features at the location
+        f_std = (mask @ variance).sqrt()
+        r_std = r_var.sqrt()
+        correlation = (cov * mask[:, None]).sum(-1) / (f_std * r_std[:, None])
+        scalars = torch.stack([torch.log(r_mean.clamp(min=1e-3)), torch.log(r_std), (explained * mask).sum(1)], dim=1)
+        out = self.features(torch.cat([correlation, scalars], dim=1))
+        weights = out[:, c, None].exp() * (coefficients + out[:, :c] * r_std[:, None] / f_std)
+        # ELU(x) + 1 = mean response at x = mean - 1 (mean >= 1) or log(mean); centred features
         base = torch.where(r_mean >= 1, r_mean - 1, torch.log(r_mean.clamp(min=1e-3)))
-        return {"mask": mask, "weights": weights, "bias": base + out[:, c]}
+        bias = base - (weights * f_mean).sum(1) + out[:, c + 1]
+        return {"mask": mask, "weights": weights, "bias": bias}
 
 
 def predict(maps: torch.Tensor, readout: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -20,8 +20,12 @@ from typing import Any
 import numpy as np
 
 DEMO_SCAN = {"animal_id": 1, "session": 1, "scan_idx": 1}
+DEMO_VIDEO_SCAN = {"animal_id": 1, "session": 1, "scan_idx": 2}
+# the video scan's movies are stimulus rows from this id on (the image scan's start at 0)
+VIDEO_IMAGE_IDS = 100_000
 SCAN_DATASET = "demo_scan"
 POPULATION_DATASET = "demo_population"
+VIDEO_DATASET = "demo_video"
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,15 @@ class DemoSize:
     dataset: dict = field(default_factory=dict)
     seeds: tuple = (0,)
     spike_methods: tuple = (("deconvolution", {"order": 1}), ("deconvolution", {"order": 2}))
+    # the video scan (pipeline.simulation.video.simulate_video_scan) and its models, by label
+    video_scan: dict = field(default_factory=dict)
+    video_models: dict = field(default_factory=dict)
+    video_trainer: dict = field(default_factory=dict)
+    video_dataset: dict = field(default_factory=lambda: {"clip_frames": 20, "batch_size": 8})
 
 
 _CORE = {"layers": 3, "hidden_channels": 16, "input_kernel": 9, "hidden_kernel": 5}
+_VIDEO = {"layers": 2, "hidden_channels": 8, "input_kernel": 7, "input_temporal": 9}
 SIZES = {
     # the README's main job: a few hundred cells, finishes in minutes on 2 CPU cores
     "full": DemoSize(
@@ -50,6 +60,9 @@ SIZES = {
         },
         trainer=dict(max_epochs=12, patience=3, lr=5e-3),
         dataset=dict(batch_size=32),
+        video_scan=dict(n_cells=40, height=64, width=64, frames=40, n_train=60, n_validation=10, n_test_videos=4),
+        video_models={"video only": dict(_VIDEO, latent_dim=0), "latent": dict(_VIDEO, latent_dim=4)},
+        video_trainer=dict(max_epochs=8, patience=3, lr=5e-3),
     ),
     # tests and notebooks in CI: the same tables, tiny data
     "small": DemoSize(
@@ -61,6 +74,9 @@ SIZES = {
             "cnn_gaussian": dict(_CORE, layers=2, hidden_channels=8),
         },
         trainer=dict(max_epochs=3, patience=2, lr=5e-3),
+        video_scan=dict(n_cells=12, height=40, width=40, frames=20, n_train=16, n_validation=10, n_test_videos=2),
+        video_models={"video only": dict(_VIDEO, latent_dim=0), "latent": dict(_VIDEO, latent_dim=2)},
+        video_trainer=dict(max_epochs=1, lr=5e-3),
     ),
 }
 
@@ -79,6 +95,13 @@ def simulated_experiment(size: DemoSize, seed: int):
     from pipeline.simulation.experiment import simulate_experiment
 
     return simulate_experiment(seed, **size.scan)
+
+
+def simulated_video_scan(size: DemoSize, seed: int):
+    """The demo's video scan with its ground truth (latents included; regenerated, never stored)."""
+    from pipeline.simulation.video import simulate_video_scan
+
+    return simulate_video_scan(seed, **size.video_scan)
 
 
 def population_folder(size_name: str, seed: int) -> Path:
@@ -101,6 +124,18 @@ def register_inputs(size_name: str, seed: int) -> dict:
             f"pixels, {size.scan['n_frames']} frames"
         )
         imaging.insert_simulated_scan(simulated_experiment(size, seed), DEMO_SCAN, note=f"demo {size_name} seed {seed}")
+    if size.video_scan and not imaging.Scan & DEMO_VIDEO_SCAN:
+        v = size.video_scan
+        _say(
+            f"simulating a video scan: {v['n_cells']} cells watching movies, {v['height']} x {v['width']} pixels, "
+            f"{v['frames']} frames per trial"
+        )
+        imaging.insert_simulated_scan(
+            simulated_video_scan(size, seed),
+            DEMO_VIDEO_SCAN,
+            image_id_offset=VIDEO_IMAGE_IDS,
+            note=f"demo {size_name} seed {seed}",
+        )
     defaults = insert_default_parameters(size.spike_methods)
     imaging_keys, spike_keys, window_key = defaults["imaging"], defaults["spikes"], defaults["window"]
 
@@ -123,7 +158,7 @@ def register_inputs(size_name: str, seed: int) -> dict:
     }
     trainer_key = params.insert_config(sysid.TrainerConfig, "standard_trainer", size.trainer, note="demo")
     sysid.Seed.insert([{"seed": s} for s in size.seeds], skip_duplicates=True)
-    return {
+    keys = {
         "imaging": imaging_keys,
         "spikes": spike_keys,
         "window": window_key,
@@ -131,6 +166,19 @@ def register_inputs(size_name: str, seed: int) -> dict:
         "models": model_keys,
         "trainer": trainer_key,
     }
+    if size.video_scan:
+        keys["video"] = {
+            "window": params.insert_config(sysid.ResponseWindow, "frames", {}, note="demo video"),
+            "dataset_config": params.insert_config(
+                sysid.DatasetConfig, "video_filetree", size.video_dataset, note="demo"
+            ),
+            "models": {
+                label: params.insert_config(sysid.ModelConfig, "video_latent", config, note=f"demo {label}")
+                for label, config in size.video_models.items()
+            },
+            "trainer": params.insert_config(sysid.TrainerConfig, "standard_trainer", size.video_trainer, note="demo"),
+        }
+    return keys
 
 
 def build_scan_dataset(keys: dict) -> dict | None:
@@ -144,6 +192,38 @@ def build_scan_dataset(keys: dict) -> dict | None:
     if len(source) != 1:
         return None
     return sysid.dataset_from_responses(source.fetch1("KEY"), SCAN_DATASET, note="demo scan")
+
+
+def build_video_dataset(keys: dict) -> dict | None:
+    """The video scan's per-frame responses (first spike method) as a video dataset, once they exist."""
+    from . import sysid
+
+    if "video" not in keys:
+        return None
+    if sysid.Dataset & {"dataset_id": VIDEO_DATASET}:
+        return {"dataset_id": VIDEO_DATASET}
+    source = sysid.TrialResponses & {**DEMO_VIDEO_SCAN, **keys["spikes"][0], **keys["video"]["window"]}
+    if len(source) != 1:
+        return None
+    return sysid.dataset_from_responses(source.fetch1("KEY"), VIDEO_DATASET, note="demo video scan")
+
+
+def scan_restriction(keys: dict) -> list[dict]:
+    """Each demo scan with its own response window (images: window means; movies: every frame)."""
+    out = [{**DEMO_SCAN, **keys["window"]}]
+    if "video" in keys:
+        out.append({**DEMO_VIDEO_SCAN, **keys["video"]["window"]})
+    return out
+
+
+def video_model_restriction(keys: dict) -> list[dict]:
+    """The demo's video models: every video model config with the video dataset and trainer config."""
+    if "video" not in keys:
+        return []
+    v = keys["video"]
+    return [
+        {"dataset_id": VIDEO_DATASET, **v["dataset_config"], **v["trainer"], **model} for model in v["models"].values()
+    ]
 
 
 def model_restriction(keys: dict) -> list[dict]:
@@ -273,7 +353,42 @@ def summarize(size_name: str, seed: int, keys: dict) -> dict:
                 ],
             }
         )
+    summary["video"] = video_summary(size, seed, keys)
     return summary
+
+
+def video_summary(size: DemoSize, seed: int, keys: dict) -> list[dict]:
+    """Per video model: Score and VideoScore, and the inferred latents against the simulation's latents."""
+    from pipeline.sysid import video
+
+    from . import sysid
+
+    out = []
+    truth = None
+    for label, model_key in (keys.get("video") or {}).get("models", {}).items():
+        restriction = {"dataset_id": VIDEO_DATASET, **keys["video"]["dataset_config"], **keys["video"]["trainer"]}
+        key = {**restriction, **model_key}
+        if not sysid.VideoScore & key or not sysid.Score & key:
+            continue
+        row = {"label": label, **(sysid.Score & key).fetch1(), **(sysid.VideoScore & key).fetch1()}
+        model_row = (sysid.ModelConfig & model_key).fetch1()
+        if truth is None:
+            truth = simulated_video_scan(size, seed).video
+        model, loaders = sysid.load_model(key, device="cpu")
+        if getattr(model, "latent_dim", 0):
+            scores = video.video_scores(
+                model,
+                loaders,
+                VIDEO_DATASET,
+                samples=8,
+                seed=int((sysid.TrainedModel & key).fetch1("seed")),
+                true_latents=truth.latents,
+                latent_kinds=truth.latent_kinds.tolist(),
+            )
+            row["latent_recovery"] = scores["latent_recovery"]
+        row["builder"] = model_row["builder"]
+        out.append(row)
+    return out
 
 
 def format_summary(summary: dict) -> str:
@@ -309,6 +424,20 @@ def format_summary(summary: dict) -> str:
             )
         else:
             lines.append("          (no oracle: the scan's units are segmented cells, not the simulated neurons)")
+    if summary.get("video"):
+        lines.append(
+            f"  video   on {VIDEO_DATASET} (test tier; per-frame r, r to average; log-likelihood per neuron and frame; "
+            "the held-out half of the cells from the prior -> given the other half):"
+        )
+        for m in summary["video"]:
+            lines.append(
+                f"          {m['label']:<20} {m['single_trial_correlation']:.3f}  {m['correlation_to_average']:.3f}  "
+                f"LL {m['log_likelihood']:.3f}  held-out {m['log_likelihood_unobserved']:.3f} -> "
+                f"{m['log_likelihood_conditioned']:.3f}"
+            )
+            if m.get("latent_recovery"):
+                recovered = ", ".join(f"{r['kind']} {r['r']:.2f}" for r in m["latent_recovery"])
+                lines.append(f"          {'':<20} inferred latents vs the true ones (r): {recovered}")
     return "\n".join(lines)
 
 
@@ -341,9 +470,14 @@ def run_demo(prefix: str | None = None, *, size: str = "full", seed: int = 0, wo
         spikes.Activity,
         sysid.TrialResponses,
     ]
-    errors = populate(scan_tables, DEMO_SCAN, workers, prefix)
+    errors = populate(scan_tables, scan_restriction(keys), workers, prefix)
     build_scan_dataset(keys)
+    build_video_dataset(keys)
     errors += populate([sysid.TrainedModel, sysid.Score], model_restriction(keys), workers, prefix)
+    if video_model_restriction(keys):
+        errors += populate(
+            [sysid.TrainedModel, sysid.Score, sysid.VideoScore], video_model_restriction(keys), workers, prefix
+        )
     for table, key, message in errors:
         _say(f"error in {table} {key}: {message}")
 

@@ -180,6 +180,20 @@ class DatasetSource(dj.Manual):
     """
 
 
+ORIGINS = ("filetree", "trial_responses")
+
+
+def _video_configs() -> list[list[dict]]:
+    """Keys of the dataset configs and of the model configs whose builders take movies."""
+    from pipeline.sysid.video import takes_video
+
+    out = []
+    for table, kind in ((DatasetConfig, "dataset"), (ModelConfig, "model")):
+        rows = table.proj("builder").to_dicts()
+        out.append([{k: r[k] for k in table.primary_key} for r in rows if takes_video(kind, r["builder"])])
+    return out
+
+
 def _dataset_row(tree, dataset_id: str, origin: str, note: str) -> dict:
     from pipeline.sysid import video
 
@@ -326,7 +340,10 @@ class TrainedModel(dj.Computed):
         # configs that a sweep sampled are trained only as the sweep's members (schemas.modelling)
         from . import modelling
 
-        return modelling.restrict_to_sweeps(super().key_source)
+        product = modelling.restrict_to_sweeps(super().key_source)
+        # movies go with dataset and model builders that take movies, images with the others
+        video = [(Dataset & [{"origin": f"video_{o}"} for o in ORIGINS]).proj(), *_video_configs()]
+        return product & [dj.AndList(video), dj.AndList([dj.Not(r) for r in video])]
 
     def make_fetch(self, key):
         dataset_config, model_config, seed = _configs(key)

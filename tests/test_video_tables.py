@@ -70,3 +70,32 @@ def test_video_models_train_and_score_through_the_tables(db, folder):
     assert set(row["behavior_correlation"]) == {"pupil_dilation", "running_speed"}
     # the stored weights reproduce the stored scores
     assert sysid.reproduce(latent, device="cpu")["max_difference"] < 1e-5
+
+
+def test_movies_and_images_are_never_paired_with_the_other_kind_of_builder(db, folder, tmp_path):
+    from pipeline.simulation.population import simulate_population
+
+    video_key = _model(db, folder, "video_latent", TINY)
+    static = simulate_population(
+        tmp_path / "static",
+        seed=0,
+        n_neurons=4,
+        n_train=20,
+        n_validation=4,
+        n_test_images=2,
+        repeats=2,
+        height=8,
+        width=8,
+    )
+    image_id = f"images_{db.backend}"
+    sysid.import_filetree(static, image_id)
+    image_data = params.insert_config(sysid.DatasetConfig, "filetree", {"batch_size": 16})
+    image_model = params.insert_config(sysid.ModelConfig, "linear_nonlinear", {})
+    source = sysid.TrainedModel.key_source & {"seed": 0}
+    assert len(source & video_key) == 1
+    assert len(source & {"dataset_id": image_id} & image_data & image_model) == 1
+    # no image builder on the movies, no video builder on the images
+    assert len(source & {"dataset_id": video_key["dataset_id"]} & image_data) == 0
+    assert len(source & {"dataset_id": video_key["dataset_id"]} & image_model) == 0
+    assert len(source & {"dataset_id": image_id} & {"model_hash": video_key["model_hash"]}) == 0
+    assert len(source & {"dataset_id": image_id} & {"dataset_config_hash": video_key["dataset_config_hash"]}) == 0

@@ -142,6 +142,20 @@ class VideoTree:
                 raise FileTreeError(f"{where}: {name} of trial {trial} has NaN or infinite values (expected finite)")
 
 
+def takes_video(kind: str, name: str) -> bool:
+    """Whether the ``kind`` builder ``name`` takes movies (its function has ``takes_video = True``).
+
+    A dataset builder that reads video folders, or a model builder that reads video batches,
+    says so with that attribute (a lab's own builder too); ``TrainedModel`` pairs them with
+    video datasets only, and the others with image datasets only. A name that does not
+    resolve counts as an image builder (its job then fails with the resolution error).
+    """
+    try:
+        return bool(getattr(identity.resolve(kind, name), "takes_video", False))
+    except identity.UnknownBuilderError:
+        return False
+
+
 def is_video_filetree(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a video FileTree (it has ``data/videos``)."""
     return (Path(path) / "data" / "videos").is_dir()
@@ -520,6 +534,9 @@ def video_filetree_loaders(
         for key, path in zip(keys, paths)
     }
     return make_loaders(datasets, seed, batch_size=batch_size, shuffle=shuffle)  # type: ignore[arg-type]
+
+
+video_filetree_loaders.takes_video = True  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------------------- #

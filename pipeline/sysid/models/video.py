@@ -560,3 +560,7 @@ def video_latent(
         loc=zig_loc,
         mean_activity={k: s["mean_activity"] for k, s in shapes.items()},
     )
+
+
+video_gaussian.takes_video = True  # type: ignore[attr-defined]
+video_latent.takes_video = True  # type: ignore[attr-defined]

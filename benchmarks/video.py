@@ -44,6 +44,8 @@ MODELS = {
     "video_poisson": ("video_gaussian", {}),
     "video_only_zig": ("video_latent", {"latent_dim": 0}),
     "latent_zig": ("video_latent", {"latent_dim": 4}),
+    # trained without behaviour (no modulator, no shifter): do its latents find running and pupil?
+    "latent_no_behavior": ("video_latent", {"latent_dim": 4, "modulator": False, "shifter": False}),
 }
 
 
@@ -80,10 +82,10 @@ def _static_reference(tree: video.VideoTree, folder: Path, seed: int) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--neurons", type=int, default=150)
-    parser.add_argument("--train", type=int, default=240, help="train trials (distinct movies)")
+    parser.add_argument("--neurons", type=int, default=100)
+    parser.add_argument("--train", type=int, default=120, help="train trials (distinct movies)")
     parser.add_argument("--frames", type=int, default=60, help="frames per trial (30 Hz)")
-    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--max-epochs", type=int, default=15)
     parser.add_argument("--samples", type=int, default=32, help="Monte-Carlo draws of the latents per likelihood")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -195,17 +197,17 @@ def _report(result: dict) -> None:
         f"{p['trials']['train']} train trials); latents {p['latent_kinds']}"
     )
     o = result["oracle"]
-    header = f"{'model':<16}{'corr':>7}{'corr avg':>9}{'LL':>8}{'LL held':>9}{'LL cond':>9}{'r cond':>8}{'s/epoch':>9}"
+    header = f"{'model':<20}{'corr':>7}{'corr avg':>9}{'LL':>8}{'LL held':>9}{'LL cond':>9}{'r cond':>8}{'s/epoch':>9}"
     print(header)
     print("-" * len(header))
-    print(f"{'oracle (rates)':<16}{o['single_trial_correlation']:>7.3f}{o['correlation_to_average']:>9.3f}")
+    print(f"{'oracle (rates)':<20}{o['single_trial_correlation']:>7.3f}{o['correlation_to_average']:>9.3f}")
     for label, m in result["models"].items():
         ll = [m.get(k) for k in ("log_likelihood", "log_likelihood_unobserved", "log_likelihood_conditioned")]
         cells = "".join(f"{v:>9.3f}" if v is not None else f"{'':>9}" for v in ll)
         rc = m.get("conditioned_correlation")
         rc = "" if rc is None else f"{rc:.3f}"
         print(
-            f"{label:<16}{m['single_trial_correlation']:>7.3f}{m['correlation_to_average']:>9.3f}{cells[1:]}"
+            f"{label:<20}{m['single_trial_correlation']:>7.3f}{m['correlation_to_average']:>9.3f}{cells[1:]}"
             f"{rc:>8}{m['seconds_per_epoch']:>9.1f}"
         )
     if "static_reference" in result:

@@ -506,7 +506,9 @@ def simulation_of_scan(key: dict):
     found = re.fullmatch(r"demo (\w+) seed (\d+)", note or "")
     if not found or found.group(1) not in SIZES:
         return None
-    return simulated_experiment(SIZES[found.group(1)], int(found.group(2)))
+    size, seed = SIZES[found.group(1)], int(found.group(2))
+    scan = {k: int(key[k]) for k in DEMO_VIDEO_SCAN}
+    return simulated_video_scan(size, seed) if scan == DEMO_VIDEO_SCAN else simulated_experiment(size, seed)
 
 
 def oracle_of_dataset(dataset_id: str) -> dict | None:

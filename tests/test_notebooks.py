@@ -79,7 +79,7 @@ def text_output(notebook) -> str:
 
 def test_every_notebook_is_listed():
     # the standalone notebooks run without the demo database
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "07", "08"]
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "07", "08", "09"]
     assert [p.name for p in ALL_NOTEBOOKS if p.name in STANDALONE] == ["06_pose.ipynb"]
 
 
@@ -109,5 +109,9 @@ def test_notebook_runs_start_to_end(path, demo_env):
     if path.name.startswith("05"):
         (difference,) = re.findall(r"largest difference ([0-9.e+-]+)", out)
         assert float(difference) < 1e-5
+    if path.name.startswith("09"):
+        found = re.findall(r"held-out half: log-likelihood (-?[0-9.]+) from the prior -> (-?[0-9.]+) given", out)
+        assert len(found) == 2  # the video-only and the latent model
+        assert "movie (" in out and "behaviour from the inferred latents" in out
     if path.name.startswith("08"):
         assert "strength 0 is the identity: True" in out and "RobustnessScore 4 rows" in out

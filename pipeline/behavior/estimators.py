@@ -302,11 +302,16 @@ def cgnf(
     hidden: int = 128,
     condition_dropout: float = 0.2,
     hypotheses: int = 20,
-    steps: int = 2000,
+    steps: int = 6000,
     batch_size: int = 256,
     lr: float = 1e-3,
 ) -> FlowPoseModel:
-    """A conditional normalizing flow (cGNF-style), trained by maximum likelihood with conditioning dropout."""
+    """A conditional normalizing flow (cGNF-style), trained by maximum likelihood with conditioning dropout.
+
+    6000 steps: at 2000 the flow is undertrained (held-out minMPJPE@20 112 mm instead of 101 mm on
+    the synthetic figure); train it on a few thousand sequences, since on 1000 it overfits
+    (training NLL 0.34 nats per coordinate below held-out, 0.04 on 3000).
+    """
     return FlowPoseModel(
         n_joints,
         layers=layers,
@@ -326,11 +331,14 @@ def min_mpjpe(
     hypotheses: int = 20,
     hidden: int = 256,
     depth: int = 3,
-    steps: int = 2000,
+    steps: int = 6000,
     batch_size: int = 256,
     lr: float = 1e-3,
 ) -> MinMPJPEPoseModel:
-    """A network emitting ``hypotheses`` poses per input, trained on the best one's MPJPE."""
+    """A network emitting ``hypotheses`` poses per input, trained on the best one's MPJPE.
+
+    As many steps as ``cgnf`` by default, so that the two are compared at equal training.
+    """
     return MinMPJPEPoseModel(
         n_joints, hypotheses=hypotheses, hidden=hidden, depth=depth, steps=steps, batch_size=batch_size, lr=lr
     )

@@ -4,6 +4,8 @@ Trained, as much of the multi-hypothesis literature is, on the error of the best
 hypotheses (winner takes all). Its hypotheses cover the plausible poses the way a quantizer
 covers a density, not the way samples do: cGNF's point [1]_ is that this minimizes minMPJPE and
 leaves the distribution miscalibrated.
+On the synthetic figure (``benchmarks/pose.py``) its 20 hypotheses are close to calibrated on
+visible joints and overconfident on occluded ones.
 
 References
 ----------

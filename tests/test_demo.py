@@ -65,9 +65,10 @@ def test_second_run_finishes_and_prints_the_summary(demo_run):
 
 def test_no_duplicate_or_partial_rows_after_the_rerun(demo_run):
     imaging = f'"{demo_run["prefix"]}imaging"'
-    assert query(demo_run, f'SELECT count(*) FROM {imaging}."_scan_info"') == [(1,)]
-    assert query(demo_run, f'SELECT count(*) FROM {imaging}."__denoised"') == [(1,)]
-    ((ncells,),) = query(demo_run, f'SELECT ncells FROM {imaging}."__segmentation"')
+    # two scans: the image scan and the video scan
+    assert query(demo_run, f'SELECT count(*) FROM {imaging}."_scan_info"') == [(2,)]
+    assert query(demo_run, f'SELECT count(*) FROM {imaging}."__denoised"') == [(2,)]
+    ncells = sum(n for (n,) in query(demo_run, f'SELECT ncells FROM {imaging}."__segmentation"'))
     assert query(demo_run, f'SELECT count(*) FROM {imaging}."__segmentation__mask"') == [(ncells,)]
     assert query(demo_run, f'SELECT count(*) FROM {imaging}."__traces__unit"') == [(ncells,)]
 

@@ -194,6 +194,12 @@ def _video_configs() -> list[list[dict]]:
     return out
 
 
+def image_models() -> dj.expression.QueryExpression:
+    """Keys of the trained models that take images (not movies): what image stimuli can drive."""
+    video_models = _video_configs()[1]
+    return TrainedModel.proj() - video_models if video_models else TrainedModel.proj()
+
+
 def _dataset_row(tree, dataset_id: str, origin: str, note: str) -> dict:
     from pipeline.sysid import video
 

@@ -117,6 +117,11 @@ class PredictedResponses(dj.Computed):
     responses    : <npy@models>    # (images, neurons) float32, rows in stimulus-set order
     """
 
+    @property
+    def key_source(self):
+        # a stimulus set is images: models of movies are not driven by it
+        return sysid.image_models() * StimulusSet.proj() * ModelState.proj()
+
     def make_fetch(self, key):
         model_key = {k: key[k] for k in sysid.TrainedModel.primary_key}
         full, names, dataset_config, model_config, seed, weights = sysid._one_model(model_key)

@@ -60,8 +60,9 @@ def test_video_models_train_and_score_through_the_tables(db, folder):
         assert sysid.Score.populate(key, suppress_errors=True)["error_list"] == []
         assert (sysid.Score & key).fetch1("n_units") == 10
         assert len(sysid.Score.Unit & key) == 10
-    # only the latent model has a likelihood to score
+    # only the latent model has a likelihood to score; image stimuli drive neither of them
     assert len(sysid.VideoScore.key_source & plain) == 0
+    assert len(sysid.image_models() & plain) == 0 and len(sysid.image_models() & latent) == 0
     assert sysid.VideoScore.populate(latent, suppress_errors=True)["error_list"] == []
     row = (sysid.VideoScore & latent).fetch1()
     assert row["n_observed"] == 5 and row["samples"] == sysid.VideoScore.SAMPLES

@@ -134,3 +134,20 @@ def test_untrained_encoder_finds_a_glm_neurons_location_and_weight_direction_at_
     f = maps[:, :, 3, 2]
     sta = ((f - f.mean(0)) * (responses - responses.mean())).mean(0)
     assert float(cosine) > 0.9 > 0.6 > float(torch.nn.functional.cosine_similarity(sta, true_w, dim=0))
+
+
+def test_the_encoders_learned_corrections_fade_as_k_outgrows_their_prior_trials():
+    generator = torch.Generator().manual_seed(1)
+    maps = torch.randn(4000, 3, 4, 4, generator=generator)
+    responses = torch.poisson(torch.exp(0.5 * maps[:, 0, 1, 1]), generator=generator)[:, None]
+    sums = context_sums(maps, responses)
+    encoder = SetEncoder(3).eval()
+    with torch.no_grad():
+        plain = encoder(sums)["weights"]
+        encoder.features[-1].bias.fill_(2.0)  # a gain of e^2 and large corrections at full weight
+        encoder.log_prior_trials.fill_(0.0)  # worth one trial: 1/4001 of their weight here
+        faded = encoder(sums)["weights"]
+        encoder.log_prior_trials.fill_(30.0)  # worth far more trials than there are: full weight
+        full = encoder(sums)["weights"]
+    assert torch.allclose(faded, plain, rtol=2e-3, atol=2e-3)
+    assert not torch.allclose(full, plain, rtol=0.5)

@@ -107,7 +107,10 @@ class SetEncoder(nn.Module):
     positions would blur the features) and a softmax over positions. The feature weights are the regression coefficients at that
     distribution times a learned, per-neuron gain (an MLP of the mean and spread of the
     responses, R2 at the location and the correlations there), plus the MLP's correction;
-    the bias makes the mean predicted rate the mean response. The ridge ``lambda_p`` is a
+    the bias makes the mean predicted rate the mean response. The MLP's output is weighed by
+    ``K0 / (K0 + K)`` (K0 learned): a prior worth K0 trials, which the data outweigh as K
+    grows (trained at K of a batch, left at full weight, it lowered the test correlation at
+    K = all from 0.47 to 0.41 on the simulated population). The ridge ``lambda_p`` is a
     learned fraction of the features' variance at p, larger for small K (a prior that
     shrinks noisy estimates). K enters only through the statistics, the evidence and the
     ridge, not as an input of the learned networks: training sees contexts of a batch's size,
@@ -137,6 +140,9 @@ class SetEncoder(nn.Module):
             self.location.bias.zero_()
             self.location.weight[0, 0, 2, 2] = LOCATION_GAIN
         self.features = nn.Sequential(nn.Linear(channels + 3, hidden), nn.ELU(), nn.Linear(hidden, channels + 2))
+        # the MLP's corrections are a learned prior: they weigh K0 / (K0 + K) against the data,
+        # as a conjugate prior of K0 pseudo-trials would, and vanish for K >> K0
+        self.log_prior_trials = nn.Parameter(torch.tensor(math.log(100.0)))
         # start from "weights = regression coefficients, bias from the mean response"
         nn.init.zeros_(self.features[-1].weight)
         nn.init.zeros_(self.features[-1].bias)
@@ -182,7 +188,8 @@ class SetEncoder(nn.Module):
         r_std = r_var.sqrt()
         correlation = (cov * mask[:, None]).sum(-1) / (f_std * r_std[:, None])
         scalars = torch.stack([torch.log(r_mean.clamp(min=1e-3)), torch.log(r_std), (explained * mask).sum(1)], dim=1)
-        out = self.features(torch.cat([correlation, scalars], dim=1))
+        prior = self.log_prior_trials.exp()
+        out = self.features(torch.cat([correlation, scalars], dim=1)) * (prior / (prior + n))
         weights = out[:, c, None].exp() * (coefficients + out[:, :c] * r_std[:, None] / f_std)
         # ELU(x) + 1 = mean response at x = mean - 1 (mean >= 1) or log(mean); centred features
         base = torch.where(r_mean >= 1, r_mean - 1, torch.log(r_mean.clamp(min=1e-3)))

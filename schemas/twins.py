@@ -28,7 +28,8 @@ class ExperimentConfig(params.ConfigTable, dj.Lookup):
 
 
 def _experiment_key_source(builder: str):
-    return sysid.TrainedModel.proj() * (ExperimentConfig & {"builder": builder}).proj()
+    # the experiments drive a model with images: models of movies are not theirs
+    return sysid.image_models() * (ExperimentConfig & {"builder": builder}).proj()
 
 
 class _Experiment:

@@ -8,7 +8,7 @@ import torch
 
 from pipeline.simulation.video import simulate_video
 from pipeline.sysid import video
-from schemas import params, sysid
+from schemas import params, sysid, twins
 
 torch.set_num_threads(1)
 
@@ -63,6 +63,8 @@ def test_video_models_train_and_score_through_the_tables(db, folder):
     # only the latent model has a likelihood to score; image stimuli drive neither of them
     assert len(sysid.VideoScore.key_source & plain) == 0
     assert len(sysid.image_models() & plain) == 0 and len(sysid.image_models() & latent) == 0
+    mei = params.insert_config(twins.ExperimentConfig, "mei", {"steps": 5})
+    assert len(twins.MEI.key_source & mei & plain) == 0 and len(twins.MEI.key_source & mei & latent) == 0
     assert sysid.VideoScore.populate(latent, suppress_errors=True)["error_list"] == []
     row = (sysid.VideoScore & latent).fetch1()
     assert row["n_observed"] == 5 and row["samples"] == sysid.VideoScore.SAMPLES

@@ -151,3 +151,11 @@ def test_the_encoders_learned_corrections_fade_as_k_outgrows_their_prior_trials(
         full = encoder(sums)["weights"]
     assert torch.allclose(faded, plain, rtol=2e-3, atol=2e-3)
     assert not torch.allclose(full, plain, rtol=0.5)
+
+
+def test_kshot_curve_is_the_same_for_the_same_seed(trained, loaders):
+    model, _ = trained
+    context = kshot.loader_arrays(loaders["train"]["d0"], np.arange(8))
+    test = kshot.loader_arrays(loaders["test"]["d0"], np.arange(8))
+    first, second = (kshot.kshot_curve(model, context, test, 5, ks=[20], readout_steps=30) for _ in range(2))
+    assert [p["correlation_to_average"] for p in first] == [p["correlation_to_average"] for p in second]

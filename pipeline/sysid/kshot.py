@@ -215,6 +215,13 @@ def _scores(responses: np.ndarray, predictions: np.ndarray, image_ids: np.ndarra
     }
 
 
+def _seeded(seed: int, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with torch's CPU generator seeded, the caller's left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn(*args, **kwargs)
+
+
 def _timed(fn):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -251,7 +258,7 @@ def kshot_curve(
     model : a trained ``NeuralProcess`` (eval mode is set here).
     context : ``loader_arrays`` of the held-out neurons' context tier (train trials).
     test : ``loader_arrays`` of their test tier.
-    seed : seeds the draws of context trials.
+    seed : seeds the draws of context trials and the baseline readout's initial weights.
     ks, repeats : the K values and the draws per K.
     heldout : the unit ids scored (chosen by the table; unused here).
     readout_steps, readout_lr, gamma_readout : the baseline's fit.
@@ -299,7 +306,9 @@ def kshot_curve(
                 )
                 np_predictions = predict(test_maps, readout).cpu().numpy()
             fitted, fit_seconds = _timed(
-                lambda: fit_readout(maps, observed, steps=readout_steps, lr=readout_lr, gamma=gamma_readout)
+                lambda: _seeded(
+                    int(seed), fit_readout, maps, observed, steps=readout_steps, lr=readout_lr, gamma=gamma_readout
+                )
             )
             with torch.no_grad():
                 fit_predictions = (torch.nn.functional.elu(fitted(test_maps)) + 1.0).cpu().numpy()

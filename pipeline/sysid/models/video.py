@@ -8,8 +8,9 @@ gives every neuron's log mean; ``latent_dim`` stimulus-independent latents per f
 ``loadings @ z_t``; responses follow a zero-inflated gamma distribution (a proper density for
 non-negative responses with exact zeros). A bidirectional GRU infers ``q(z | responses)`` from
 the residual responses of a random half of the neurons (``mask_fraction`` are hidden from it);
-the loss is the negative ELBO: the hidden neurons' negative log-likelihood under a sample of
-``q`` plus KL(q || N(0, I)). With ``latent_dim = 0`` it is the video-only model with the same
+the loss is the negative ELBO: every neuron's negative log-likelihood under a sample of ``q``
+plus KL(q || N(0, I)). (Scoring only the hidden neurons, as a first version did, left the
+model's marginal likelihood below the video-only model's: ``benchmarks/video.py``.) With ``latent_dim = 0`` it is the video-only model with the same
 likelihood, the baseline of its log-likelihood gain. Its ``forward`` predicts with the latents
 at the prior's mean (z = 0); ``log_likelihood`` and ``infer_latents`` give the rest.
 """
@@ -287,7 +288,7 @@ class LatentVideoModel(nn.Module):
         return self.encoder[key](responses, expected, visible)
 
     def training_loss(self, batch: dict, data_key: str, device: torch.device) -> torch.Tensor:
-        """The negative ELBO of a batch, summed: hidden neurons' NLL under one sample of q, plus KL."""
+        """The negative ELBO of a batch, summed: every neuron's NLL under one sample of q(z | visible half), plus KL."""
         key = self.video._key(data_key)
         videos, behavior, pupil, responses = (
             batch[n].to(device, non_blocking=True) for n in ("videos", "behavior", "pupil_center", "responses")
@@ -301,7 +302,7 @@ class LatentVideoModel(nn.Module):
         mu, log_var = self.posterior(key, log_rate, responses, visible)
         z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
         log_mean, q_logit, shape = self._params(key, log_rate, z)
-        nll = -(zig_log_prob(responses, log_mean, q_logit, shape, self.loc) * (1 - visible)).sum()
+        nll = -zig_log_prob(responses, log_mean, q_logit, shape, self.loc).sum()
         kl = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).sum()
         return nll + kl
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import PerDataset
+from .encoder import Encoder, PerDataset
 from .readouts import GaussianReadout
 from .regularizers import group_sparsity, laplace_smoothness
 from .shifter import Shifter
@@ -107,31 +107,13 @@ class FrameModulator(nn.Module):
         return self.mlp(behavior).clamp(max=10.0)
 
 
-class VideoModel(nn.Module):
+class VideoModel(Encoder):
     """rates = (ELU(readout(core(videos))) + 1) * exp(modulator(behaviour)), per frame.
 
+    The ``Encoder`` of image models over time: its core takes clips (B, C, T, H, W), its
+    readout, shifter and (per-frame) modulator apply to every frame.
     ``forward(videos, data_key=None, behavior=None, pupil_center=None)`` -> (B, T, N_key).
     """
-
-    def __init__(self, core: nn.Module, readouts: dict, shifters: dict | None = None, modulators: dict | None = None):
-        super().__init__()
-        self.core = core
-        self.readout = PerDataset(readouts)
-        self.shifter = PerDataset(shifters) if shifters else None
-        self.modulator = PerDataset(modulators) if modulators else None
-
-    @property
-    def data_keys(self) -> list[str]:
-        return list(self.readout)
-
-    def _key(self, data_key: str | None) -> str:
-        if data_key is None:
-            if len(self.readout) != 1:
-                raise ValueError(f"data_key is needed: this model has readouts for {self.data_keys}")
-            return self.data_keys[0]
-        if data_key not in self.readout:
-            raise KeyError(f"data_key {data_key!r} has no readout (expected one of {self.data_keys})")
-        return data_key
 
     def log_rates(
         self,
@@ -162,9 +144,6 @@ class VideoModel(nn.Module):
 
     def forward(self, videos, data_key=None, behavior=None, pupil_center=None) -> torch.Tensor:
         return torch.exp(self.log_rates(videos, data_key, behavior, pupil_center))
-
-    def regularizer(self, data_key: str | None = None) -> torch.Tensor:
-        return self.core.regularizer() + self.readout[self._key(data_key)].regularizer()
 
 
 # --------------------------------------------------------------------------------------- #

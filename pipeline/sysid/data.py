@@ -133,21 +133,24 @@ class FileTree:
             value = getattr(self, name)
             if value is not None and value.shape != (n, width):
                 raise FileTreeError(f"{where}: {name} has shape {value.shape} (expected ({n}, {width}))")
-        if "unit_ids" not in self.neurons:
-            raise FileTreeError(f"{where}: meta/neurons/unit_ids is missing (expected ({n_neurons},))")
-        for name, value in self.neurons.items():
-            if value.ndim == 0 or value.shape[0] != n_neurons:
-                raise FileTreeError(
-                    f"{where}: meta/neurons/{name} has shape {value.shape} (expected ({n_neurons}, ...), "
-                    f"one entry per neuron in responses)"
-                )
-        if len(np.unique(self.unit_ids)) != n_neurons:
-            raise FileTreeError(f"{where}: meta/neurons/unit_ids has duplicates (expected {n_neurons} distinct ids)")
-        bad = sorted(set(self.tiers.tolist()) - set(TIERS))
-        if bad:
+        check_neurons_and_tiers(self.neurons, n_neurons, self.tiers, where)
+
+
+def check_neurons_and_tiers(neurons: dict[str, np.ndarray], n_neurons: int, tiers: np.ndarray, where: str) -> None:
+    """Raise ``FileTreeError`` for missing or duplicate unit ids, neuron meta of another length, unknown tiers."""
+    if "unit_ids" not in neurons:
+        raise FileTreeError(f"{where}: meta/neurons/unit_ids is missing (expected ({n_neurons},))")
+    for name, value in neurons.items():
+        if value.ndim == 0 or value.shape[0] != n_neurons:
             raise FileTreeError(
-                f"{where}: meta/trials/tiers has unknown tier(s) {bad} (expected some of {list(TIERS)})"
+                f"{where}: meta/neurons/{name} has shape {value.shape} (expected ({n_neurons}, ...), "
+                f"one entry per neuron in responses)"
             )
+    if len(np.unique(neurons["unit_ids"])) != n_neurons:
+        raise FileTreeError(f"{where}: meta/neurons/unit_ids has duplicates (expected {n_neurons} distinct ids)")
+    bad = sorted(set(np.asarray(tiers).tolist()) - set(TIERS))
+    if bad:
+        raise FileTreeError(f"{where}: meta/trials/tiers has unknown tier(s) {bad} (expected some of {list(TIERS)})")
 
 
 # --------------------------------------------------------------------------------------- #

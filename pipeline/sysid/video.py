@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline import identity
-from pipeline.sysid.data import TIERS, FileTreeError, _load, _trial_files, make_loaders
+from pipeline.sysid.data import TIERS, FileTreeError, _load, _trial_files, check_neurons_and_tiers, make_loaders
 
 VIDEO_FIELDS = ("videos", "responses", "behavior", "pupil_center")
 OPTIONAL = ("behavior", "pupil_center")
@@ -121,20 +121,7 @@ class VideoTree:
         for name in ("tiers", "video_ids", "trial_idx"):
             if getattr(self, name).shape != (n,):
                 raise FileTreeError(f"{where}: {name} has shape {getattr(self, name).shape} (expected ({n},))")
-        if "unit_ids" not in self.neurons:
-            raise FileTreeError(f"{where}: meta/neurons/unit_ids is missing (expected ({n_neurons},))")
-        for name, value in self.neurons.items():
-            if value.ndim == 0 or value.shape[0] != n_neurons:
-                raise FileTreeError(
-                    f"{where}: meta/neurons/{name} has shape {value.shape} (expected ({n_neurons}, ...))"
-                )
-        if len(np.unique(self.unit_ids)) != n_neurons:
-            raise FileTreeError(f"{where}: meta/neurons/unit_ids has duplicates (expected {n_neurons} distinct ids)")
-        bad = sorted(set(self.tiers.tolist()) - set(TIERS))
-        if bad:
-            raise FileTreeError(
-                f"{where}: meta/trials/tiers has unknown tier(s) {bad} (expected some of {list(TIERS)})"
-            )
+        check_neurons_and_tiers(self.neurons, n_neurons, self.tiers, where)
         for name in ("videos", "responses", *OPTIONAL):
             value = getattr(self, name)
             if value is not None and not np.isfinite(value).all():

@@ -94,7 +94,9 @@ def test_movies_and_images_are_never_paired_with_the_other_kind_of_builder(db, f
     sysid.import_filetree(static, image_id)
     image_data = params.insert_config(sysid.DatasetConfig, "filetree", {"batch_size": 16})
     image_model = params.insert_config(sysid.ModelConfig, "linear_nonlinear", {})
-    source = sysid.TrainedModel.key_source & {"seed": 0}
+    params.insert_config(sysid.TrainerConfig, "standard_trainer", {"max_epochs": 2})  # as other modules add theirs
+    # one trainer config and seed
+    source = sysid.TrainedModel.key_source & {"seed": 0, "trainer_hash": video_key["trainer_hash"]}
     assert len(source & video_key) == 1
     assert len(source & {"dataset_id": image_id} & image_data & image_model) == 1
     # no image builder on the movies, no video builder on the images

@@ -17,6 +17,7 @@ the rates (the noiseless prediction), the latents and which latent drives which 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -327,6 +328,18 @@ def simulate_video(
     )
 
 
+#: what ``simulate_video_scan`` passes on to the scan simulator's recording
+_RECORDING_PARAMETERS = (
+    "tau",
+    "dff_per_spike",
+    "cell_brightness",
+    "neuropil_brightness",
+    "neuropil_contamination",
+    "background",
+    "read_noise",
+)
+
+
 def simulate_video_scan(
     seed: int = 0,
     *,
@@ -362,7 +375,7 @@ def simulate_video_scan(
         ``neurons`` is None and ``video`` the ``VideoExperiment`` (latents, filters, loadings).
         Further keyword arguments go to the recording (``tau``, ``read_noise``, ...).
     """
-    from pipeline.simulation.experiment import Experiment, _record, soma_footprints
+    from pipeline.simulation.experiment import Experiment, _record, simulate_experiment, soma_footprints
 
     params = dict(locals())
     clip = simulate_video(
@@ -386,15 +399,8 @@ def simulate_video_scan(
     footprints = fp_padded[:, margin : margin + height, margin : margin + width]
     expected = clip.rates.reshape(-1, n_cells).T  # (cells, frames): trials back to back
     spikes = rng.poisson(expected).astype(np.int32)
-    defaults = dict(
-        tau=0.8,
-        dff_per_spike=0.35,
-        cell_brightness=(12.0, 24.0),
-        neuropil_brightness=8.0,
-        neuropil_contamination=0.7,
-        background=4.0,
-        read_noise=2.0,
-    )
+    # the recording's defaults are simulate_experiment's: one scan simulator, one set of defaults
+    defaults = {name: inspect.signature(simulate_experiment).parameters[name].default for name in _RECORDING_PARAMETERS}
     unknown = sorted(set(recording) - set(defaults))
     if unknown:
         raise TypeError(

@@ -183,7 +183,7 @@ def read_video_filetree(path: str | os.PathLike) -> VideoTree:
             fields[name] = None
             continue
         fields[name] = [_load(p, where) for p in _trial_files(folder, name, n, where)]
-    lengths = {len(v.shape) and v.shape[-1] for v in fields["videos"]}  # type: ignore[union-attr]
+    lengths: set[int] = set()
     for name, values in fields.items():
         if values is None:
             continue

@@ -23,6 +23,31 @@ from .shifter import Shifter
 _MEAN_BATCHES = 20
 
 
+def first_batch_and_mean(key: str, loader) -> tuple[dict, torch.Tensor]:
+    """The first batch of a training loader and the mean response of each neuron over its first
+    ``_MEAN_BATCHES`` batches (every axis but the last, the neurons', is averaged: trials, and
+    frames of a video)."""
+    total, count, first = None, 0, None
+    for i, batch in enumerate(loader):
+        first = first or batch
+        responses = batch["responses"].double().reshape(-1, batch["responses"].shape[-1])
+        total = responses.sum(0) if total is None else total + responses.sum(0)
+        count += responses.shape[0]
+        if i + 1 >= _MEAN_BATCHES:
+            break
+    if first is None:
+        raise ValueError(f"training loader of data_key {key!r} yields no batch")
+    return first, (total / count).float()
+
+
+def training_loaders(dataloaders: dict) -> dict:
+    """``dataloaders["train"]``, or a ValueError that says what was expected."""
+    train = dataloaders.get("train") if isinstance(dataloaders, dict) else None
+    if not train:
+        raise ValueError("dataloaders has no 'train' loaders (expected {'train': {data_key: DataLoader}, ...})")
+    return train
+
+
 def dataset_shapes(dataloaders: dict) -> dict[str, dict]:
     """Per data_key of the training loaders: image shape (C, H, W), n_neurons, mean responses.
 
@@ -31,26 +56,13 @@ def dataset_shapes(dataloaders: dict) -> dict[str, dict]:
     ValueError
         If there is no training loader or a loader yields no batch.
     """
-    train = dataloaders.get("train") if isinstance(dataloaders, dict) else None
-    if not train:
-        raise ValueError("dataloaders has no 'train' loaders (expected {'train': {data_key: DataLoader}, ...})")
     shapes = {}
-    for key, loader in train.items():
-        total, count, first = None, 0, None
-        for i, batch in enumerate(loader):
-            if i == 0:
-                first = batch
-            responses = batch["responses"].double()
-            total = responses.sum(0) if total is None else total + responses.sum(0)
-            count += responses.shape[0]
-            if i + 1 >= _MEAN_BATCHES:
-                break
-        if first is None:
-            raise ValueError(f"training loader of data_key {key!r} yields no batch")
+    for key, loader in training_loaders(dataloaders).items():
+        first, mean = first_batch_and_mean(key, loader)
         shapes[key] = {
             "image_shape": tuple(first["images"].shape[1:]),
             "n_neurons": int(first["responses"].shape[1]),
-            "mean_activity": (total / count).float(),
+            "mean_activity": mean,
             "behavior_dims": int(first["behavior"].shape[1]) if first.get("behavior") is not None else 0,
         }
     image_shapes = {s["image_shape"] for s in shapes.values()}

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .builders import first_batch_and_mean, training_loaders
 from .encoder import Encoder, PerDataset
 from .readouts import GaussianReadout
 from .regularizers import group_sparsity, laplace_smoothness
@@ -357,7 +358,6 @@ class LatentVideoModel(nn.Module):
 # builders
 # --------------------------------------------------------------------------------------- #
 
-_MEAN_BATCHES = 20
 _VIDEO_LIMITS = {
     "hidden_channels": 1,
     "layers": 1,
@@ -373,27 +373,15 @@ _VIDEO_LIMITS = {
 
 def video_shapes(dataloaders: dict) -> dict[str, dict]:
     """Per data_key of the training loaders: clip shape (C, T, H, W), n_neurons, mean response, behaviour dims."""
-    train = dataloaders.get("train") if isinstance(dataloaders, dict) else None
-    if not train:
-        raise ValueError("dataloaders has no 'train' loaders (expected {'train': {data_key: DataLoader}, ...})")
     shapes = {}
-    for key, loader in train.items():
-        total, count, first = None, 0, None
-        for i, batch in enumerate(loader):
-            if "videos" not in batch:
-                raise ValueError(f"data_key {key!r}: batches have no 'videos' (a video model needs a video dataset)")
-            first = first or batch
-            responses = batch["responses"].double().reshape(-1, batch["responses"].shape[-1])
-            total = responses.sum(0) if total is None else total + responses.sum(0)
-            count += responses.shape[0]
-            if i + 1 >= _MEAN_BATCHES:
-                break
-        if first is None:
-            raise ValueError(f"training loader of data_key {key!r} yields no batch")
+    for key, loader in training_loaders(dataloaders).items():
+        first, mean = first_batch_and_mean(key, loader)
+        if "videos" not in first:
+            raise ValueError(f"data_key {key!r}: batches have no 'videos' (a video model needs a video dataset)")
         shapes[key] = {
             "video_shape": tuple(first["videos"].shape[1:]),
             "n_neurons": int(first["responses"].shape[-1]),
-            "mean_activity": (total / count).float(),
+            "mean_activity": mean,
             "behavior_dims": int(first["behavior"].shape[-1]),
             "has_behavior": bool(getattr(loader.dataset, "has_behavior", True)),
         }
@@ -478,8 +466,7 @@ def video_gaussian(
     modulator: bool = True,
 ) -> VideoModel:
     """Factorized 3D core + Gaussian readout per frame (+ shifter and behaviour modulator), Poisson-trained."""
-    model, _ = _video_model(**{k: v for k, v in locals().items()})
-    return model
+    return _video_model(**locals())[0]
 
 
 @_register(
@@ -515,29 +502,16 @@ def video_latent(
     log-likelihood gain). Trained by ``standard_trainer`` through the model's ``training_loss``
     (the negative ELBO).
     """
-    video, shapes = _video_model(
-        dataloaders,
-        seed,
-        hidden_channels=hidden_channels,
-        layers=layers,
-        input_kernel=input_kernel,
-        hidden_kernel=hidden_kernel,
-        input_temporal=input_temporal,
-        hidden_temporal=hidden_temporal,
-        gamma_input=gamma_input,
-        gamma_hidden=gamma_hidden,
-        gamma_readout=gamma_readout,
-        init_sigma=init_sigma,
-        shifter=shifter,
-        modulator=modulator,
-    )
+    core_settings = dict(locals())
+    latent = {name: core_settings.pop(name) for name in ("latent_dim", "encoder_hidden", "mask_fraction", "zig_loc")}
+    video, shapes = _video_model(**core_settings)
     return LatentVideoModel(
         video,
         {k: s["n_neurons"] for k, s in shapes.items()},
-        latent_dim=latent_dim,
-        encoder_hidden=encoder_hidden,
-        mask_fraction=mask_fraction,
-        loc=zig_loc,
+        latent_dim=latent["latent_dim"],
+        encoder_hidden=latent["encoder_hidden"],
+        mask_fraction=latent["mask_fraction"],
+        loc=latent["zig_loc"],
         mean_activity={k: s["mean_activity"] for k, s in shapes.items()},
     )
 

@@ -10,6 +10,7 @@
    on the ground-truth neurons themselves as a check of the method.
 
     nice python benchmarks/twins.py --json twins.json --figures twins_figures
+    nice python benchmarks/twins.py --parts kshot     # the K-shot curve alone (about 4 minutes)
 
 Default sizes fit a 2-core machine shared with others (about 12 minutes there): 120 neurons
 (half with normalization pools, simple cells), 3000 train images of 18 x 32 pixels, a test
@@ -40,6 +41,7 @@ from pipeline.simulation.population import ground_truth, simulate_population  # 
 from pipeline.sysid import fitting, kshot, metrics  # noqa: E402
 
 KS = [10, 30, 100, 300, 1000, kshot.ALL]
+PARTS = ("kshot", "dn", "insilico")
 
 
 def _fit(
@@ -223,6 +225,32 @@ def figures(directory: Path, silico: dict, curve: dict) -> list[str]:
     return ["meis.png", "kshot.png"]
 
 
+def print_kshot(curve: dict) -> None:
+    print(
+        f"\nK-shot prediction of {curve['heldout_units']} held-out neurons (neural process trained on "
+        f"{curve['trained_units']}; test correlation to average, oracle {curve['oracle']:.3f})"
+    )
+    print(
+        f"  {'K':>6}  {'neural process':>15}  {'fitted readout':>15}  {'NP s/neuron':>12}  {'fit s/neuron':>12}  "
+        f"{'speed-up':>8}  {'shared s: NP':>12}  {'fit':>9}"
+    )
+    by_k = {}
+    for p in curve["points"]:
+        by_k.setdefault(p["k_request"], {})[p["method"]] = p
+    for pair in by_k.values():
+        a, b = pair["neural_process"], pair["fitted_readout"]
+        print(
+            f"  {a['k']:>6}  {a['correlation_to_average']:>15.3f}  {b['correlation_to_average']:>15.3f}  "
+            f"{a['seconds_per_neuron']:>12.2e}  {b['seconds_per_neuron']:>12.2e}  "
+            f"{b['seconds_per_neuron'] / a['seconds_per_neuron']:>7.0f}x  {a['shared_seconds']:>12.2e}  {b['shared_seconds']:>9.2e}"
+        )
+    print(
+        "  (s/neuron: each method's time for all held-out neurons together / their number, the median of repeated\n"
+        "   calls where one is under 0.1 s; shared s: its work on the K images alone, done once for every neuron\n"
+        "   that saw them: the core's pass, and for the neural process also the features' statistics)"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--neurons", type=int, default=120)
@@ -240,9 +268,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dataset", type=Path, default=None, help="reuse a simulated folder")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="what to run (in-silico experiments run on the divisive-normalization model, so 'insilico' needs 'dn')",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--figures", type=Path, default=None)
     args = parser.parse_args(argv)
+    if "insilico" in args.parts and "dn" not in args.parts:
+        parser.error("--parts insilico runs on the divisive-normalization model: add dn")
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,51 +301,41 @@ def main(argv: list[str] | None = None) -> dict:
             )
         _, neurons = ground_truth(folder)
         oracle = _oracle(folder)
-        dn = divisive_normalization(folder, neurons, oracle, args)
-        silico = in_silico(dn.pop("model"), dn.pop("loaders"), neurons, args)
-        curve = kshot_curve(folder, oracle, args)
+        dn = silico = curve = None
+        if "dn" in args.parts:
+            dn = divisive_normalization(folder, neurons, oracle, args)
+            model, loaders = dn.pop("model"), dn.pop("loaders")
+            if "insilico" in args.parts:
+                silico = in_silico(model, loaders, neurons, args)
+        if "kshot" in args.parts:
+            curve = kshot_curve(folder, oracle, args)
 
-    print(
-        f"\nK-shot prediction of {curve['heldout_units']} held-out neurons (neural process trained on "
-        f"{curve['trained_units']}; test correlation to average, oracle {curve['oracle']:.3f})"
-    )
-    print(
-        f"  {'K':>6}  {'neural process':>15}  {'fitted readout':>15}  {'NP s/neuron':>12}  {'fit s/neuron':>12}  "
-        f"{'speed-up':>8}  {'shared s: NP':>12}  {'fit':>9}"
-    )
-    by_k = {}
-    for p in curve["points"]:
-        by_k.setdefault(p["k_request"], {})[p["method"]] = p
-    for pair in by_k.values():
-        a, b = pair["neural_process"], pair["fitted_readout"]
+    if curve is not None:
+        print_kshot(curve)
+    if dn is not None:
         print(
-            f"  {a['k']:>6}  {a['correlation_to_average']:>15.3f}  {b['correlation_to_average']:>15.3f}  "
-            f"{a['seconds_per_neuron']:>12.2e}  {b['seconds_per_neuron']:>12.2e}  "
-            f"{b['seconds_per_neuron'] / a['seconds_per_neuron']:>7.0f}x  {a['shared_seconds']:>12.2e}  {b['shared_seconds']:>9.2e}"
+            f"\nDivisive normalization ({dn['n_pooled']} of {args.neurons} neurons with pools; correlation to average)"
         )
-    print(
-        "  (s/neuron: each method's time for all held-out neurons together / their number; shared s: its work on\n"
-        "   the K images alone, done once for every neuron that saw them: the core's pass, and for the neural\n"
-        "   process also the features' statistics)"
-    )
-    print(f"\nDivisive normalization ({dn['n_pooled']} of {args.neurons} neurons with pools; correlation to average)")
-    print(f"  {'model':<12}{'pooled':>8}{'others':>8}{'all':>8}")
-    for label in ("with DN", "without DN"):
-        r = dn[label]
-        print(f"  {label:<12}{r['pooled']:>8.3f}{r['others']:>8.3f}{r['all']:>8.3f}")
-    print(f"  {'oracle':<12}{dn['oracle']['pooled']:>8.3f}{dn['oracle']['others']:>8.3f}")
-    print("\nIn-silico experiments on the DN model (against the simulation's ground truth)")
-    print(f"  MEI vs true filter, median correlation      {silico['mei_filter_correlation_median']:.3f}")
-    print(f"  preferred orientation error, median         {silico['orientation_error_median_degrees']:.1f} deg")
-    print(f"  same tuning experiment on the true neurons  {silico['truth_orientation_error_median_degrees']:.1f} deg")
+        print(f"  {'model':<12}{'pooled':>8}{'others':>8}{'all':>8}")
+        for label in ("with DN", "without DN"):
+            r = dn[label]
+            print(f"  {label:<12}{r['pooled']:>8.3f}{r['others']:>8.3f}{r['all']:>8.3f}")
+        print(f"  {'oracle':<12}{dn['oracle']['pooled']:>8.3f}{dn['oracle']['others']:>8.3f}")
+    if silico is not None:
+        print("\nIn-silico experiments on the DN model (against the simulation's ground truth)")
+        print(f"  MEI vs true filter, median correlation      {silico['mei_filter_correlation_median']:.3f}")
+        print(f"  preferred orientation error, median         {silico['orientation_error_median_degrees']:.1f} deg")
+        print(
+            f"  same tuning experiment on the true neurons  {silico['truth_orientation_error_median_degrees']:.1f} deg"
+        )
 
     report = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "kshot": curve,
         "divisive_normalization": dn,
-        "in_silico": {k: v for k, v in silico.items() if k != "arrays"},
+        "in_silico": None if silico is None else {k: v for k, v in silico.items() if k != "arrays"},
     }
-    if args.figures is not None:
+    if args.figures is not None and silico is not None and curve is not None:
         report["figures"] = figures(args.figures, silico, curve)
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1))

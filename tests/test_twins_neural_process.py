@@ -45,7 +45,7 @@ def test_context_sums_of_two_halves_add_up_to_the_sums_of_the_whole():
     whole = context_sums(maps, responses)
     halves = add_sums(context_sums(maps[:4], responses[:4]), context_sums(maps[4:], responses[4:]))
     assert all(torch.allclose(whole[k], halves[k], atol=1e-5) for k in whole)
-    assert float(whole["n"]) == 10.0 and whole["gr"].shape == (6, 3, 4, 5)
+    assert float(whole["n"]) == 10.0 and whole["gr"].shape == (20, 3, 6)
 
 
 def test_context_sums_name_mismatched_trials():

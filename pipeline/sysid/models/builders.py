@@ -241,11 +241,12 @@ def divisive_normalization(
 ) -> Encoder:
     """Divisive-normalization model of V1 in the manner of Burg et al. 2021.
 
-    Convolutions (each followed by ``norm``, "batch" | "layer" | "divisive", and ELU) whose
-    rectified output maps are each divided by a learned, non-negative pool of the squared
-    maps of all channels in a ``pool_kernel`` neighbourhood (``DivisiveNormalizationCore``),
-    then a factorized readout. ``normalize=False`` is the same model without the divisive
-    normalization: the control.
+    Convolutions (each followed by ``norm``, "batch" | "layer" | "divisive", and ELU); the
+    last layer's signed linear responses are also divided by a learned, non-negative pool of
+    their squares over all channels in a ``pool_kernel`` neighbourhood, with a learned
+    exponent, and the readout (factorized) reads both the plain and the normalized maps
+    (``DivisiveNormalizationCore``). ``normalize=False`` is the same model without the
+    divisive normalization: the control.
     """
     shapes, channels = _seeded_shapes(dataloaders, seed)
     core = DivisiveNormalizationCore(

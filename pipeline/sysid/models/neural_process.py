@@ -48,15 +48,17 @@ def stimulus_sums(maps: torch.Tensor) -> Sums:
 
 
 def response_sums(maps: torch.Tensor, responses: torch.Tensor) -> Sums:
-    """The per-neuron part of the context sums: ``gr`` (N, C, H, W), ``r`` and ``r2`` (N,)."""
+    """The per-neuron part of the context sums: ``gr`` (P, C, N) sums of features times responses
+    at every position (positions first: the layout of the per-position regressions), ``r`` and
+    ``r2`` (N,)."""
     if maps.ndim != 4 or responses.ndim != 2 or maps.shape[0] != responses.shape[0]:
         raise ValueError(
             f"context maps {tuple(maps.shape)} and responses {tuple(responses.shape)} "
             "(expected (K, C, H, W) and (K, N) with the same K)"
         )
-    flat = maps.reshape(maps.shape[0], -1)
+    k, c, h, w = maps.shape
     return {
-        "gr": (responses.T @ flat).reshape(responses.shape[1], *maps.shape[1:]),
+        "gr": (maps.reshape(k, -1).T @ responses).view(c, h * w, -1).transpose(0, 1),
         "r": responses.sum(0),
         "r2": responses.pow(2).sum(0),
     }
@@ -73,7 +75,7 @@ def context_sums(maps: torch.Tensor, responses: torch.Tensor) -> Sums:
     Returns
     -------
     dict: ``stimulus_sums`` (``n``, ``g``, ``gg``: shared by all neurons) and ``response_sums``
-    (``gr`` (N, C, H, W), ``r``, ``r2`` (N,)).
+    (``gr`` (P, C, N), ``r``, ``r2`` (N,)).
     """
     return {**response_sums(maps, responses), **stimulus_sums(maps)}
 
@@ -155,7 +157,8 @@ class SetEncoder(nn.Module):
         -------
         dict: ``n``, ``mu`` (C, P) mean features, ``variance`` (P, C) their variances,
         ``precision`` (P, C, C) the inverse of the ridge-regularized feature covariance at every
-        position (one matrix product per neuron then gives its regression coefficients).
+        position (one matrix product per neuron then gives its regression coefficients), ``size``
+        (H, W) of the maps.
         """
         n = sums["n"].clamp(min=1.0)
         c = sums["g"].shape[0]
@@ -165,28 +168,31 @@ class SetEncoder(nn.Module):
         ridge = (self.log_ridge[0].exp() + self.log_ridge[1].exp() / n) * variance.mean(1)  # (P,)
         eye = torch.eye(c, device=sigma.device, dtype=sigma.dtype)
         precision = torch.cholesky_inverse(torch.linalg.cholesky(sigma + ridge[:, None, None] * eye))
-        return {"n": n, "mu": mu, "variance": variance, "precision": precision}
+        return {"n": n, "mu": mu, "variance": variance, "precision": precision, "size": tuple(sums["g"].shape[1:])}
 
     def forward(self, sums: Sums, stimulus: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Readouts of N neurons from their context sums; ``stimulus``: ``stimulus_statistics(sums)``
         if already computed for these images."""
         stimulus = self.stimulus_statistics(sums) if stimulus is None else stimulus
         n, mu, variance = stimulus["n"], stimulus["mu"], stimulus["variance"]
-        c, h, w = sums["gr"].shape[1:]
+        c, (h, w) = mu.shape[0], stimulus["size"]
         r_mean = sums["r"] / n
         r_var = (sums["r2"] / n - r_mean**2).clamp(min=1e-6)
-        cov = (sums["gr"] / n).flatten(2) - mu[None] * r_mean[:, None, None]  # (N, C, P)
-        beta = torch.bmm(stimulus["precision"], cov.permute(2, 1, 0).contiguous()).permute(2, 1, 0)  # (N, C, P)
-        explained = (cov * beta).sum(1) / r_var[:, None]  # (N, P)
+        # every (P, C, N): positions first, so that the regressions are one batched product
+        # without copies (the per-neuron work of a new neuron is a few passes over P * C numbers)
+        cov = (sums["gr"] / n - mu.T[:, :, None] * r_mean).contiguous()
+        beta = torch.bmm(stimulus["precision"], cov)
+        explained = (cov * beta).sum(1).T / r_var[:, None]  # (N, P)
         # K R2 / 2 is the log-likelihood gain of a Gaussian linear readout at p: a softmax of it
         # is the posterior of the location under a flat prior, sharper the more trials there are
         evidence = 0.5 * n * explained
         mask = torch.softmax(self.location(evidence.unflatten(1, (1, h, w))).flatten(1), dim=1)  # (N, P)
-        coefficients = (beta * mask[:, None]).sum(-1)
+        located = mask.T[:, None, :]
+        coefficients = (beta * located).sum(0).T  # (N, C)
         f_mean = mask @ mu.T  # (N, C) mean features at the location
         f_std = (mask @ variance).sqrt()
         r_std = r_var.sqrt()
-        correlation = (cov * mask[:, None]).sum(-1) / (f_std * r_std[:, None])
+        correlation = (cov * located).sum(0).T / (f_std * r_std[:, None])
         scalars = torch.stack([torch.log(r_mean.clamp(min=1e-3)), torch.log(r_std), (explained * mask).sum(1)], dim=1)
         prior = self.log_prior_trials.exp()
         out = self.features(torch.cat([correlation, scalars], dim=1)) * (prior / (prior + n))

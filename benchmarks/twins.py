@@ -42,6 +42,9 @@ from pipeline.sysid import fitting, kshot, metrics  # noqa: E402
 
 KS = [10, 30, 100, 300, 1000, kshot.ALL]
 PARTS = ("kshot", "dn", "insilico")
+# the DN model, the same model without the divisive normalization, and the control with as many
+# readout features whose second half is scaled by a learned constant instead of divided by a pool
+DN_VARIANTS = (("with DN", True, True), ("without DN", False, True), ("DN, no pool", True, False))
 
 
 def _fit(
@@ -89,8 +92,8 @@ def _oracle(folder: Path) -> np.ndarray:
 def divisive_normalization(folder: Path, neurons, oracle: np.ndarray, args) -> dict:
     out = {}
     pooled = neurons.normalized
-    for label, normalize in (("with DN", True), ("without DN", False)):
-        config = {"hidden_channels": args.channels, "normalize": normalize}
+    for label, normalize, pool in DN_VARIANTS:
+        config = {"hidden_channels": args.channels, "normalize": normalize, "pool": pool}
         model, loaders, result, seconds = _fit(
             folder,
             "divisive_normalization",
@@ -109,7 +112,7 @@ def divisive_normalization(folder: Path, neurons, oracle: np.ndarray, args) -> d
             "seconds": seconds,
             "unit_correlation_to_average": unit.tolist(),
         }
-        if normalize:
+        if normalize and pool:
             out["model"] = model
             out["loaders"] = loaders
     out["oracle"] = {"pooled": float(oracle[pooled].mean()), "others": float(oracle[~pooled].mean())}
@@ -317,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"\nDivisive normalization ({dn['n_pooled']} of {args.neurons} neurons with pools; correlation to average)"
         )
         print(f"  {'model':<12}{'pooled':>8}{'others':>8}{'all':>8}")
-        for label in ("with DN", "without DN"):
+        for label, _, _ in DN_VARIANTS:
             r = dn[label]
             print(f"  {label:<12}{r['pooled']:>8.3f}{r['others']:>8.3f}{r['all']:>8.3f}")
         print(f"  {'oracle':<12}{dn['oracle']['pooled']:>8.3f}{dn['oracle']['others']:>8.3f}")

@@ -76,6 +76,24 @@ def test_divisive_normalization_model_doubles_the_maps_and_the_control_does_not(
     assert float(with_dn(images).min()) >= 0.0
 
 
+def test_unpooled_control_has_the_maps_of_the_dn_model_without_its_pool():
+    loaders = synthetic_loaders(n_neurons=(5,), height=12, width=12)
+    with_dn = divisive_normalization(loaders, 0, hidden_channels=4, input_kernel=5, pool_kernel=3)
+    control = divisive_normalization(loaders, 0, hidden_channels=4, input_kernel=5, pool_kernel=3, pool=False)
+    assert control.core.outchannels == with_dn.core.outchannels == 8
+
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
+
+    assert count(with_dn) - count(control) == 4 * 4 * 3 * 3  # the pool's weights, nothing else
+    # without a pool the layer is affine per channel: doubling the input doubles the output minus the bias
+    layer = control.core.divisive
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        layer.bias.fill_(0.3)
+        assert torch.allclose(layer(2 * x) - 0.3, 2 * (layer(x) - 0.3), atol=1e-5)
+
+
 def test_population_without_pools_is_the_one_made_before_pools_existed():
     plain = make_neurons(10, 12, 16, seed=4)
     assert "norm_strength" not in plain.to_dict()

@@ -234,6 +234,7 @@ def divisive_normalization(
     pad_input: bool = True,
     norm: str = "batch",
     normalize: bool = True,
+    pool: bool = True,
     pool_kernel: int = 5,
     gamma_input: float = 1.0,
     gamma_hidden: float = 0.0,
@@ -246,7 +247,8 @@ def divisive_normalization(
     their squares over all channels in a ``pool_kernel`` neighbourhood, with a learned
     exponent, and the readout (factorized) reads both the plain and the normalized maps
     (``DivisiveNormalizationCore``). ``normalize=False`` is the same model without the
-    divisive normalization: the control.
+    divisive normalization: the control; ``pool=False`` keeps the second set of maps but
+    divides them by a learned constant only, the control with as many readout features.
     """
     shapes, channels = _seeded_shapes(dataloaders, seed)
     core = DivisiveNormalizationCore(
@@ -261,6 +263,7 @@ def divisive_normalization(
         norm=norm,
         pool_kernel=pool_kernel,
         normalize=normalize,
+        pool=pool,
     )
     return _encoder(core, shapes, lambda s, n, m: FactorizedReadout(s, n, gamma_readout, m))
 

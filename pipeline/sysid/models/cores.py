@@ -96,15 +96,17 @@ class DivisiveNormalizationCore(StackedCNNCore):
     ----------
     pool_kernel : spatial size of the normalization pool (odd, pixels).
     normalize : apply the divisive normalization.
+    pool : False: the second half's layer has no pool (each channel only scaled): the control
+        with the same readout features and parameters but the pool's.
     **kwargs : ``StackedCNNCore``'s parameters.
 
     Input (B, input_channels, H, W) -> output (B, 2 * hidden_channels, H', W'), or
     (B, hidden_channels, H', W') without normalization.
     """
 
-    def __init__(self, *args, pool_kernel: int = 5, normalize: bool = True, **kwargs):
+    def __init__(self, *args, pool_kernel: int = 5, normalize: bool = True, pool: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.divisive = DivisiveNormalization(self.outchannels, pool_kernel) if normalize else None
+        self.divisive = DivisiveNormalization(self.outchannels, pool_kernel, pooled=pool) if normalize else None
         if normalize:
             self.outchannels *= 2
 

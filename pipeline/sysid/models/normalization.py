@@ -34,6 +34,9 @@ class DivisiveNormalization(nn.Module):
     channels : number of channels C.
     pool_kernel : odd size of the spatial pool (pixels).
     sigma : initial semi-saturation constant.
+    pooled : False: no pool (w = 0), so each channel is only scaled by its learned
+        ``1 / sigma_c^(2 q_c)`` and shifted by ``b_c``; the same parameters but the pool's, as a
+        control that tells the pool's contribution from the layer's extra channels.
 
     Input (B, C, H, W) -> output (B, C, H, W).
 
@@ -55,16 +58,18 @@ class DivisiveNormalization(nn.Module):
     True
     """
 
-    def __init__(self, channels: int, pool_kernel: int = 5, sigma: float = 1.0):
+    def __init__(self, channels: int, pool_kernel: int = 5, sigma: float = 1.0, pooled: bool = True):
         super().__init__()
         if pool_kernel < 1 or pool_kernel % 2 == 0:
             raise ValueError(f"pool_kernel = {pool_kernel} (expected an odd positive number of pixels)")
         if sigma <= 0:
             raise ValueError(f"sigma = {sigma} (expected > 0)")
         self.pool_kernel = pool_kernel
+        self.pooled = pooled
         # w = softplus(theta): starts near a uniform pool of total weight 1 per channel
         start = torch.log(torch.expm1(torch.tensor(1.0 / (channels * pool_kernel**2))))
-        self.pool_logits = nn.Parameter(start + 0.01 * torch.randn(channels, channels, pool_kernel, pool_kernel))
+        logits = start + 0.01 * torch.randn(channels, channels, pool_kernel, pool_kernel)
+        self.pool_logits = nn.Parameter(logits) if pooled else None
         # log scale: a channel can move its sigma by orders of magnitude, i.e. switch itself
         # from contrast-invariant (sigma << pool) to unnormalized (sigma >> pool)
         self.log_sigma = nn.Parameter(torch.full((channels,), math.log(sigma)))
@@ -81,7 +86,7 @@ class DivisiveNormalization(nn.Module):
         return torch.sigmoid(self.exponent_logit)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pool = F.conv2d(x.pow(2), self.pool_weights(), padding=self.pool_kernel // 2)
+        pool = F.conv2d(x.pow(2), self.pool_weights(), padding=self.pool_kernel // 2) if self.pooled else 0.0
         sigma2 = (2.0 * self.log_sigma).exp()[None, :, None, None]
         q = self.exponent()[None, :, None, None]
         return x / (sigma2 + pool + 1e-12).pow(q) + self.bias[None, :, None, None]

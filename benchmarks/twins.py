@@ -10,7 +10,7 @@
    on the ground-truth neurons themselves as a check of the method.
 
     nice python benchmarks/twins.py --json twins.json --figures twins_figures
-    nice python benchmarks/twins.py --parts kshot     # the K-shot curve alone (about 4 minutes)
+    nice python benchmarks/twins.py --parts kshot     # the K-shot curve alone (about 7 minutes)
 
 Default sizes fit a 2-core machine shared with others (about 12 minutes there): 120 neurons
 (half with normalization pools, simple cells), 3000 train images of 18 x 32 pixels, a test
@@ -248,9 +248,9 @@ def print_kshot(curve: dict) -> None:
             f"{b['seconds_per_neuron'] / a['seconds_per_neuron']:>7.0f}x  {a['shared_seconds']:>12.2e}  {b['shared_seconds']:>9.2e}"
         )
     print(
-        "  (s/neuron: each method's time for all held-out neurons together / their number, the median of repeated\n"
-        "   calls where one is under 0.1 s; shared s: its work on the K images alone, done once for every neuron\n"
-        "   that saw them: the core's pass, and for the neural process also the features' statistics)"
+        "  (s/neuron: each method's time for all held-out neurons together / their number, the fastest of at least\n"
+        "   3 calls; shared s: its work on the K images alone, done once for every neuron that saw them: the\n"
+        "   core's pass, and for the neural process also the features' statistics)"
     )
 
 

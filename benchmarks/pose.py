@@ -30,8 +30,8 @@ from pipeline.behavior import data, estimators, metrics  # noqa: E402
 
 # label: (builder, config); steps are scaled by --steps-scale
 MODELS = {
-    "cgnf": ("cgnf", {"steps": 6000}),
-    "min_mpjpe": ("min_mpjpe", {"steps": 6000}),
+    "cgnf": ("cgnf", {"steps": 9000}),
+    "min_mpjpe": ("min_mpjpe", {"steps": 9000}),
     "diffusion_sequence": ("motion_diffusion", {"frames": 16, "steps": 2000}),
     "diffusion_per_frame": ("motion_diffusion", {"frames": 1, "steps": 2000}),
 }

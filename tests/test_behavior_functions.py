@@ -145,6 +145,25 @@ def test_a_dropped_condition_is_the_marginal():
     assert float((marginal - conditional).abs().max()) > 1e-2
 
 
+def test_conditioner_depth_sets_the_hidden_layers_of_every_coupling():
+    flow = ConditionalFlow(4, 3, layers=2, hidden=8, depth=3)
+    linears = [[m for m in c.net if isinstance(m, torch.nn.Linear)] for c in flow.couplings]
+    assert [len(layers) for layers in linears] == [4, 4]
+    assert [layer.in_features for layer in linears[0]] == [4 + 3 + 1, 8, 8, 8]
+    assert linears[0][-1].out_features == 8
+
+
+def test_weight_decay_shrinks_weights_that_the_loss_does_not_use():
+    # one Adam step on a zero loss: the decay's gradient 0.01 * w is all there is, and Adam's
+    # normalized step moves w by the full learning rate, 1.0 to 0.9
+    for decay, expected in [(0.0, 1.0), (0.01, 0.9)]:
+        module = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            module.weight.fill_(1.0)
+        estimators._optimize(module, lambda g: 0.0 * module.weight.sum(), steps=1, lr=0.1, seed=0, weight_decay=decay)
+        assert module.weight.item() == pytest.approx(expected, abs=1e-6)
+
+
 def test_flow_fits_a_conditional_gaussian_with_calibrated_samples():
     # x = 2c + noise of std 0.5: the fitted flow's samples must cover like the true distribution
     torch.manual_seed(0)

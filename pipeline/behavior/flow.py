@@ -45,11 +45,11 @@ class ConditionalCoupling(nn.Module):
     """One affine coupling: the coordinates outside ``mask`` are scaled and shifted by a function
     of the coordinates inside it and of the condition."""
 
-    def __init__(self, mask: torch.Tensor, condition_dim: int, hidden: int):
+    def __init__(self, mask: torch.Tensor, condition_dim: int, hidden: int, depth: int = 2):
         super().__init__()
         self.register_buffer("mask", mask.float())
         dim = mask.numel()
-        self.net = mlp(dim + condition_dim + 1, 2 * dim, hidden)
+        self.net = mlp(dim + condition_dim + 1, 2 * dim, hidden, depth)
 
     def _scale_shift(self, kept: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_scale, shift = self.net(torch.cat([kept, context], -1)).chunk(2, -1)
@@ -83,7 +83,16 @@ class ConditionalFlow(nn.Module):
         Seed of the random split of coordinates in each layer.
     """
 
-    def __init__(self, dim: int, condition_dim: int, *, layers: int = 8, hidden: int = 128, seed: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        condition_dim: int,
+        *,
+        layers: int = 8,
+        hidden: int = 128,
+        depth: int = 2,
+        seed: int = 0,
+    ):
         super().__init__()
         if dim < 2:
             raise ValueError(f"dim={dim} (expected at least 2: a coupling needs coordinates on both sides)")
@@ -96,7 +105,7 @@ class ConditionalFlow(nn.Module):
                 mask[order[: dim // 2]] = 1
             else:
                 mask = 1 - couplings[-1].mask  # every coordinate is transformed in every pair of layers
-            couplings.append(ConditionalCoupling(mask, condition_dim, hidden))
+            couplings.append(ConditionalCoupling(mask, condition_dim, hidden, depth))
         self.couplings = nn.ModuleList(couplings)
         self.dim, self.condition_dim = dim, condition_dim
         # a fixed standardization of the data (set from training data), part of the density

@@ -4,8 +4,9 @@ Trained, as much of the multi-hypothesis literature is, on the error of the best
 hypotheses (winner takes all). Its hypotheses cover the plausible poses the way a quantizer
 covers a density, not the way samples do: cGNF's point [1]_ is that this minimizes minMPJPE and
 leaves the distribution miscalibrated.
-On the synthetic figure (``benchmarks/pose.py``) its 20 hypotheses are close to calibrated on
-visible joints and overconfident on occluded ones.
+On the synthetic figure (``benchmarks/pose.py``) its 20 hypotheses reach the flow's minMPJPE
+and are overconfident, somewhat over all joints (calibration error 0.034 where the flow scores
+0.010) and more on occluded ones (0.155 against 0.077).
 
 References
 ----------

@@ -164,6 +164,22 @@ def test_weight_decay_shrinks_weights_that_the_loss_does_not_use():
         assert module.weight.item() == pytest.approx(expected, abs=1e-6)
 
 
+def test_occlusion_augmentation_hides_joints_as_the_camera_would():
+    confidence = np.full((2000, 11), 0.9, dtype=np.float32)
+    hidden = estimators.occlude(confidence, 0.2, torch.Generator().manual_seed(0))
+    occluded = hidden < camera.OCCLUDED_BELOW
+    assert not occluded[:, 0].any()  # the root stays: every pose is relative to it
+    assert 0.19 < occluded[:, 1:].mean() < 0.21
+    assert hidden[occluded].max() <= 0.3 and np.all(hidden[~occluded] == np.float32(0.9))
+    # the condition zeroes the hidden keypoints
+    keypoints = np.random.default_rng(0).normal(size=(2000, 11, 2)) * 50 + 300
+    inputs = data.condition(keypoints, hidden)[:, :22].reshape(2000, 11, 2)
+    assert np.all(inputs[occluded] == 0) and np.all(inputs[:, 1:][~occluded[:, 1:]] != 0)
+    # a frame keeps one visible non-root joint however high the rate
+    dense = estimators.occlude(confidence, 0.9, torch.Generator().manual_seed(1))
+    assert np.all((dense[:, 1:] >= camera.OCCLUDED_BELOW).any(-1))
+
+
 def test_flow_fits_a_conditional_gaussian_with_calibrated_samples():
     # x = 2c + noise of std 0.5: the fitted flow's samples must cover like the true distribution
     torch.manual_seed(0)

@@ -16,6 +16,8 @@ import torch
 
 # keypoints below this confidence count as occluded (in scores and in reprojection weights)
 OCCLUDED_BELOW = 0.5
+# the simulated camera's confidence of an occluded keypoint: uniform below this
+OCCLUDED_CONFIDENCE_MAX = 0.3
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,9 @@ def observe(
         occluded[..., 0] = False
     clean = project(camera, joints)
     noise = np.where(occluded[..., None], occluded_noise_px, noise_px) * rng.normal(size=clean.shape)
-    confidence = np.where(occluded, rng.uniform(0.0, 0.3, (S, F, J)), rng.uniform(0.7, 1.0, (S, F, J)))
+    confidence = np.where(
+        occluded, rng.uniform(0.0, OCCLUDED_CONFIDENCE_MAX, (S, F, J)), rng.uniform(0.7, 1.0, (S, F, J))
+    )
     return Observation(keypoints=clean + noise, confidence=confidence, occluded=occluded)
 
 

@@ -133,7 +133,7 @@ def occlude(confidence: np.ndarray, rate: float, generator: torch.Generator) -> 
     confidence = np.asarray(confidence, dtype=np.float32)
     hide = torch.rand(confidence.shape, generator=generator).numpy() < rate
     hide[:, 0] = False
-    low = 0.3 * torch.rand(confidence.shape, generator=generator).numpy()
+    low = cam.OCCLUDED_CONFIDENCE_MAX * torch.rand(confidence.shape, generator=generator).numpy()
     out = np.where(hide, np.minimum(confidence, low), confidence)
     visible = (out[:, 1:] >= cam.OCCLUDED_BELOW).any(-1)
     return np.where(visible[:, None], out, confidence).astype(np.float32)

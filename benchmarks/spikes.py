@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.spikes import infer_spikes, read_cascade, read_spikefinder, spikefinder_correlation, train_spike_model  # noqa: E402
 from pipeline.spikes.resampling import to_100hz  # noqa: E402
+from pipeline.spikes.supervised import SpikeModel, calibrate_shift, trace_noise  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 DEFAULT_OASIS = ROOT.parent / "peers" / "oasis" / "bin" / "python"
@@ -98,14 +99,61 @@ def our_methods(recording, model) -> dict:
     return out
 
 
-def cross_validate(recordings, params: dict, oasis_python: Path | None, folds=None, ensemble: int = 1) -> dict:
+def same_cells(recording, targets: list) -> bool:
+    """Whether ``recording`` belongs to another dataset that records the cells of ``targets``
+    (it would leak them into training: spikefinder-6 and DS17 are the same cells)."""
+    group = SAME_CELLS.get(recording.dataset)
+    return group is not None and any(
+        SAME_CELLS.get(t.dataset) == group and t.dataset != recording.dataset for t in targets
+    )
+
+
+def specialize(params: dict, targets: list, train: list, dataset: str | None, focus: float, match_noise: bool) -> dict:
+    """Training parameters of a model for the recordings ``targets`` (calcium only is used):
+    ``focus`` of the windows from ``dataset`` (their preparation's training cells) where the
+    training set has it, and noise matched to the targets' median noise level."""
+    out = dict(params)
+    if focus and dataset in {r.dataset for r in train}:
+        out["focus"] = {dataset: focus}
+    if match_noise:
+        out["noise_level"] = float(np.median([trace_noise(r.calcium, r.fps, out.get("rate", 25.0)) for r in targets]))
+    return out
+
+
+def calibrated(models: list, own: list) -> list:
+    """The models with their output shifted to match ``own`` (training cells of the target's
+    preparation), as ``train_spike_model(calibrate=...)`` does; unchanged without any."""
+    if not own:
+        return models
+    return [SpikeModel(m.network, {**m.config, "shift": calibrate_shift(m, own)}, m.score) for m in models]
+
+
+def cross_validate(
+    recordings,
+    params: dict,
+    oasis_python: Path | None,
+    folds=None,
+    ensemble: int = 1,
+    focus=0.0,
+    match_noise=False,
+    calibrate=True,
+) -> dict:
     cells, training = [], {}
     infer_spikes(recordings[0].calcium[None][:, :500], recordings[0].fps)  # compile once, outside the timings
     oasis = run_oasis(recordings, oasis_python) if oasis_python else None
     for group, held in folds or dataset_folds(recordings):
-        train = [r for i, r in enumerate(recordings) if i not in held]
-        model, seconds = timed(lambda: train_models(train, params, ensemble))
-        training[group] = {"seconds": seconds, "training_correlation": float(np.mean([m.score for m in model]))}
+        targets = [recordings[i] for i in held]
+        train = [r for i, r in enumerate(recordings) if i not in held and not same_cells(r, targets)]
+        fold_params = specialize(params, targets, train, group.split("/")[0], focus, match_noise)
+        model, seconds = timed(lambda: train_models(train, fold_params, ensemble))
+        if calibrate:
+            model = calibrated(model, [r for r in train if r.dataset == group.split("/")[0]])
+        training[group] = {
+            "seconds": seconds,
+            "training_correlation": float(np.mean([m.score for m in model])),
+            "params": fold_params,
+            "shift": [m.config.get("shift", 0.0) for m in model],
+        }
         print(f"fold {group}: trained on {len(train)} recordings in {seconds:.0f} s", file=sys.stderr, flush=True)
         for i in held:
             r = recordings[i]
@@ -183,6 +231,16 @@ def print_table(result: dict) -> None:
         )
 
 
+def parse_value(text: str):
+    """A --set value: an int, a float, else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def read_eval_dir(folder: Path) -> list:
     recordings = []
     for calcium in sorted(folder.glob("*.test.calcium.csv")):
@@ -211,11 +269,30 @@ def main(argv=None) -> int:
     parser.add_argument("--rate", type=float, help="the network's rate in Hz (default: the builder's)")
     parser.add_argument("--ensemble", type=int, default=1, help="networks per fold, seeds seed.. (mean prediction)")
     parser.add_argument(
+        "--focus",
+        type=float,
+        default=0.0,
+        help="a model per target dataset: this fraction of its training windows from that dataset's "
+        "own training cells (spikefinder-N for test-N), where there are any",
+    )
+    parser.add_argument(
+        "--match-noise",
+        action="store_true",
+        help="a model per target dataset, trained at the median noise level of its traces (CASCADE)",
+    )
+    parser.add_argument(
+        "--no-calibrate",
+        dest="calibrate",
+        action="store_false",
+        help="do not shift the output per target dataset to fit its preparation's training cells "
+        "(spikefinder-N for test-N; the held-out cells' own dataset in --cv cells)",
+    )
+    parser.add_argument(
         "--set",
         nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="other training parameters (numbers), e.g. smoothing=0.05",
+        help="other training parameters, e.g. smoothing=0.05 objective=correlation",
     )
     args = parser.parse_args(argv)
     params = {"steps": args.steps, "seed": args.seed}
@@ -223,19 +300,35 @@ def main(argv=None) -> int:
         params["rate"] = args.rate
     for pair in args.set:
         name, _, value = pair.partition("=")
-        params[name] = float(value) if "." in value or "e" in value else int(value)
+        params[name] = parse_value(value)
     recordings = load_ground_truth(args.data)
     oasis_python = args.oasis_python if args.oasis_python and args.oasis_python.exists() else None
     if oasis_python is None:
         print(f"oasis-deconv not found at {args.oasis_python}: compared without it", file=sys.stderr)
     if args.eval_dir:
-        model, seconds = timed(lambda: train_models(recordings, params, args.ensemble))
         test = read_eval_dir(args.eval_dir)
+        datasets = sorted({r.dataset for r in test})
+        # the training cells of each test dataset's preparation: spikefinder-N for test-N
+        own = {d: [r for r in recordings if r.dataset == "spikefinder-" + d.removeprefix("test-")] for d in datasets}
+        specialized = bool(args.focus or args.match_noise)
+        trained, seconds = {}, 0.0
+        for group in datasets if specialized else [None]:  # a model per test dataset when specialized
+            targets = [r for r in test if group in (None, r.dataset)]
+            train_as = own[group][0].dataset if group and own[group] else None
+            group_params = specialize(params, targets, recordings, train_as, args.focus, args.match_noise)
+            trained[group], secs = timed(lambda: train_models(recordings, group_params, args.ensemble))
+            seconds += secs
+        models = {}
+        for d in datasets:
+            chosen = trained[d if specialized else None]
+            models[d] = calibrated(chosen, own[d]) if args.calibrate else chosen
+        per_group = {d: {"shift": [m.config.get("shift", 0.0) for m in models[d]]} for d in datasets}
         infer_spikes(test[0].calcium[None][:, :500], test[0].fps)
         oasis = run_oasis(test, oasis_python) if oasis_python else None
         cells = []
         for i, r in enumerate(test):
             row = {"dataset": r.dataset, "cell": r.name, "fps": r.fps, "seconds_of_data": r.calcium.size / r.fps}
+            model = models[r.dataset]
             for method, (spikes, secs) in our_methods(r, model).items():
                 row[method], row[f"{method}_seconds"] = score(spikes, r), secs
             if oasis:
@@ -244,8 +337,10 @@ def main(argv=None) -> int:
         result = {
             "eval_dir": str(args.eval_dir),
             "params": params,
+            "model_params": per_group,
+            "calibrate": args.calibrate,
             "training_seconds": seconds,
-            "training_correlation": float(np.mean([m.score for m in model])),
+            "training_correlation": float(np.mean([m.score for ms in models.values() for m in ms])),
             "cells": cells,
             "summary": summarize(cells),
         }
@@ -256,7 +351,12 @@ def main(argv=None) -> int:
             "params": params,
             "cv": args.cv,
             "ensemble": args.ensemble,
-            **cross_validate(recordings, params, oasis_python, folds, args.ensemble),
+            "focus": args.focus,
+            "match_noise": args.match_noise,
+            "calibrate": args.calibrate,
+            **cross_validate(
+                recordings, params, oasis_python, folds, args.ensemble, args.focus, args.match_noise, args.calibrate
+            ),
         }
         result["summary"] = summarize(result["cells"])
         result["mean_correlation"] = result["summary"]["methods"]["supervised"]["mean_over_cells"]

@@ -259,3 +259,82 @@ def test_unknown_shipped_weights_name_the_command_that_writes_them():
         FileNotFoundError, match=r"pretrained spike weights 'lab7' not found .*pipeline spikes-pretrained"
     ):
         infer_spikes(np.zeros(500), 30.0, "pretrained", weights="lab7")
+
+
+def test_focus_draws_its_fraction_of_windows_and_the_rest_share_equally():
+    from pipeline.spikes.supervised import _dataset_probabilities
+
+    np.testing.assert_allclose(_dataset_probabilities(["a", "b", "c"], {"a": 0.5}), [0.5, 0.25, 0.25])
+    np.testing.assert_allclose(_dataset_probabilities(["a", "b"], {"a": 0.2, "b": 0.8}), [0.2, 0.8])
+    assert _dataset_probabilities(["a", "b"], None) is None
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"focus": {"sim7": 0.5}}, r"focus names datasets \['sim7'\]"),
+        ({"focus": {"sim0": 0.7, "sim1": 0.6}}, "add up to at most 1"),
+        ({"noise_level": 1.5}, "noise_level is a noise level in z units, between 0 and 1; got 1.5"),
+        ({"objective": "poisson"}, r"objective is one of \['correlation', 'mse'\], got 'poisson'"),
+    ],
+)
+def test_bad_training_options_are_errors_that_name_the_value(options, message):
+    with pytest.raises(ValueError, match=message):
+        train_spike_model(simulate_recordings(2, frames=1000), steps=1, **options, **SMALL)
+
+
+def test_correlation_objective_is_one_minus_pearson_per_window_plus_a_tenth_of_the_scaled_error():
+    from pipeline.spikes.supervised import _correlation
+
+    target = torch.tensor([[0.0, 1.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
+    prediction = torch.tensor([[1.0, 2.0, 1.0, 3.0], [0.5, 0.5, 0.5, 0.5]])
+    valid = torch.ones(2, 4, dtype=torch.bool)
+    # window 1 correlates perfectly; window 2 has no spikes and only enters the squared error
+    squared_error = (4 * 1.0 + 4 * 0.25) / 8
+    scale = (1.0 + 4.0) / 8
+    assert float(_correlation(prediction, target, valid)) == pytest.approx(0.1 * squared_error / scale, abs=1e-6)
+    anti = torch.tensor([[2.0, 1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    error = float(((anti - target) ** 2).mean())
+    assert float(_correlation(anti, target, valid)) == pytest.approx(2.0 + 0.1 * error / scale, abs=1e-6)
+
+
+def test_training_with_noise_level_and_focus_infers_spikes_of_unseen_cells():
+    model = train_spike_model(
+        simulate_recordings(4), steps=150, learning_rate=0.01, noise_level=0.3, focus={"sim0": 0.6}, **SMALL
+    )
+    calcium, counts = simulate_cell(100, frames=3000, fps=30.0)
+    spikes = infer_spikes(calcium, 30.0, "supervised", model)[0]
+    assert spikefinder_correlation(to_100hz(spikes, 30.0), to_100hz(counts, 30.0)) > 0.6
+
+
+def test_trace_noise_of_white_noise_is_one_z_unit():
+    from pipeline.spikes.supervised import trace_noise
+
+    noise = np.random.default_rng(0).standard_normal(20000)
+    assert trace_noise(noise, 25.0) == pytest.approx(1.0, abs=0.03)
+    assert trace_noise(np.full(100, 3.0), 25.0) == 0.0
+
+
+def test_calibration_finds_the_delay_of_a_preparation_and_the_output_moves_by_it(small_model):
+    from pipeline.spikes.supervised import calibrate_shift
+
+    delayed = []
+    for i in range(3):  # a preparation whose calcium arrives 0.1 s (3 frames) after the spikes
+        calcium, counts = simulate_cell(200 + i, frames=3000, fps=30.0)
+        delayed.append(
+            {"calcium": np.concatenate([np.full(3, calcium[0]), calcium[:-3]]), "spikes": counts, "fps": 30.0}
+        )
+    assert calibrate_shift(small_model, delayed) == pytest.approx(0.1, abs=0.021)
+    aligned = [simulate_recordings(1, seed=300)[0]]
+    assert calibrate_shift(small_model, aligned) == pytest.approx(0.0, abs=0.021)
+
+
+def test_calibrate_names_a_training_dataset_and_stores_its_shift():
+    recordings = simulate_recordings(4, frames=1500)
+    model = train_spike_model(recordings, steps=20, calibrate="sim1", **SMALL)
+    assert abs(model.config["shift"]) <= 0.2 and round(model.config["shift"] / 0.02, 6) % 1 == 0
+    assert model.config["gain"] > 0
+    with pytest.raises(
+        ValueError, match=r"calibrate names dataset 'sim9', which has no training recording: \['sim0', 'sim1'\]"
+    ):
+        train_spike_model(recordings, steps=1, calibrate="sim9", **SMALL)

@@ -115,6 +115,10 @@ def supervised(
     learning_rate: float = 0.002,
     smoothing: float = 0.03,
     noise_augmentation: float = 1.5,
+    objective: str = "correlation",
+    calibrate: str | None = None,
+    focus: dict | None = None,
+    noise_level: float | None = None,
     seed: int = 0,
 ) -> np.ndarray:
     """Spikes from a trained network (``train_spike_model``), one trace at a time.

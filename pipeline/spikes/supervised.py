@@ -42,6 +42,13 @@ def normalize(trace: np.ndarray) -> tuple[np.ndarray, float]:
     return z.astype(np.float32), noise
 
 
+def trace_noise(trace: np.ndarray, fps: float, rate: float = 25.0) -> float:
+    """A trace's noise level as the network sees it: ``normalize``'s, at ``rate`` Hz (NaN filled)."""
+    trace, _ = fill_gaps(np.asarray(trace, dtype=np.float64))
+    n_out = int(trace.size * rate / check_fps(fps))
+    return normalize(rebin(trace, fps, rate, n_out, "mean"))[1] if n_out > 1 else 0.0
+
+
 def network_input(z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """The network's channels from z-scored traces ``(B, L)`` and noise levels ``(B,)``: (B, 3, L)."""
     noise = noise.clamp(min=NOISE_FLOOR)[:, None]
@@ -166,6 +173,10 @@ def train_spike_model(
     learning_rate: float = 0.002,
     smoothing: float = 0.03,
     noise_augmentation: float = 1.5,
+    noise_level: float | None = None,
+    focus: Mapping[str, float] | None = None,
+    objective: str = "correlation",
+    calibrate: str | None = None,
     seed: int = 0,
     threads: int = 1,
 ) -> SpikeModel:
@@ -187,6 +198,25 @@ def train_spike_model(
         Gaussian width (s) of the target spike trains.
     noise_augmentation
         Added Gaussian noise is up to this multiple of a recording's own noise.
+    noise_level
+        Noise-matched training (Rupprecht et al. 2021): every training window is brought to
+        about this noise level (z units, as ``normalize`` measures it; drawn within ±25%),
+        windows already noisier are left as they are. Replaces ``noise_augmentation``. Use the
+        median noise of the traces the model is for.
+    objective
+        ``"mse"``: squared error of the rate (spikes/s); ``"correlation"``: one minus the
+        correlation of predicted and true spikes per window (the spikefinder metric when
+        ``rate`` is 25 Hz, bins of 40 ms), plus a tenth of the normalized squared error; the
+        output is then scaled (``config["gain"]``) so that it sums to the training spikes.
+    calibrate
+        A dataset of the training recordings: after training, the model's output is shifted in
+        time by the amount (``calibrate_shift``) that best matches that dataset's spikes, kept in
+        ``config["shift"]``. Each preparation has its own delay between spikes and recorded
+        calcium (indicator rise, acquisition, resampling); a model for one preparation should
+        be calibrated on its cells.
+    focus
+        ``{dataset: fraction}``: that fraction of the training windows comes from that dataset
+        (for a model specialized to one preparation); the other datasets share the rest equally.
     seed
         Seeds every random choice: equal seeds and data give equal weights.
     threads
@@ -213,6 +243,14 @@ def train_spike_model(
     rng = np.random.default_rng(seed)
     datasets = sorted({p["dataset"] for p in prepared})
     by_dataset = {d: [i for i, p in enumerate(prepared) if p["dataset"] == d] for d in datasets}
+    probabilities = _dataset_probabilities(datasets, focus)
+    if calibrate is not None and calibrate not in {r.dataset for r in recordings}:
+        known = sorted({r.dataset for r in recordings})
+        raise ValueError(f"calibrate names dataset {calibrate!r}, which has no training recording: {known}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective is one of {sorted(OBJECTIVES)}, got {objective!r}")
+    if noise_level is not None and not 0 < noise_level < 1:
+        raise ValueError(f"noise_level is a noise level in z units, between 0 and 1; got {noise_level!r}")
     device = choose_device()  # CUDA when a GPU is visible (a GPU worker), else the CPU
     with _threads(threads):
         torch.manual_seed(seed)
@@ -232,15 +270,20 @@ def train_spike_model(
         history = []
         network.train()
         for step in range(steps):
-            z, noise, target, valid = _batch(prepared, by_dataset, datasets, rng, batch_size, window)
-            extra = rng.uniform(0, noise_augmentation, size=batch_size) * noise
+            z, noise, target, valid = _batch(prepared, by_dataset, datasets, probabilities, rng, batch_size, window)
+            if noise_level is None:
+                extra = rng.uniform(0, noise_augmentation, size=batch_size) * noise
+            else:
+                level = noise_level * np.exp(rng.uniform(np.log(0.8), np.log(1.25), size=batch_size))
+                extra = np.sqrt(np.maximum(level**2 - noise**2, 0.0))
             z = z + rng.standard_normal(z.shape).astype(np.float32) * extra[:, None].astype(np.float32)
             noise = np.sqrt(noise**2 + extra**2)
             inputs = network_input(torch.from_numpy(z), torch.from_numpy(noise.astype(np.float32)))
             prediction = network(inputs.to(device))
-            mask = torch.from_numpy(valid).to(device)
             # in spikes per second: targets of order one whatever the rate
-            loss = ((prediction - torch.from_numpy(target).to(device) * rate) ** 2)[mask].mean()
+            loss = OBJECTIVES[objective](
+                prediction, torch.from_numpy(target).to(device) * rate, torch.from_numpy(valid).to(device)
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -250,6 +293,12 @@ def train_spike_model(
             history.append(float(loss.detach()))
         network.eval()
     model = SpikeModel(network, config, history=history)
+    if objective != "mse":  # the objective ignores the scale: match the total number of spikes
+        predicted = [predict(model, r.calcium, r.fps) for r in recordings]
+        total = sum(float(np.nansum(np.where(np.isnan(r.spikes), np.nan, p))) for r, p in zip(recordings, predicted))
+        model.config["gain"] = float(sum(np.nansum(r.spikes) for r in recordings) / total) if total > 0 else 1.0
+    if calibrate is not None:
+        model.config["shift"] = calibrate_shift(model, [r for r in recordings if r.dataset == calibrate])
     scores = [
         spikefinder_correlation(to_100hz(predict(model, r.calcium, r.fps), r.fps), to_100hz(r.spikes, r.fps))
         for r in recordings
@@ -258,19 +307,88 @@ def train_spike_model(
     return model
 
 
-def _batch(prepared, by_dataset, datasets, rng, batch_size, window):
+def _mse(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return ((prediction - target) ** 2)[valid].mean()
+
+
+def _correlation(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over windows of 1 - Pearson r (valid bins only), plus 0.1 x the normalized squared error."""
+    weight = valid.float()
+    count = weight.sum(1).clamp(min=1)
+    centred_p = (prediction - (prediction * weight).sum(1, keepdim=True) / count[:, None]) * weight
+    centred_t = (target - (target * weight).sum(1, keepdim=True) / count[:, None]) * weight
+    spread_t = (centred_t**2).sum(1)
+    r = (centred_p * centred_t).sum(1) / torch.sqrt((centred_p**2).sum(1) * spread_t + 1e-12)
+    informative = spread_t > 1e-9  # windows without spikes have no correlation
+    term = (1 - r[informative]).mean() if informative.any() else prediction.sum() * 0
+    scale = (target[valid] ** 2).mean().clamp(min=1e-6)
+    return term + 0.1 * _mse(prediction, target, valid) / scale
+
+
+OBJECTIVES = {"mse": _mse, "correlation": _correlation}
+
+
+def _dataset_probabilities(datasets: list, focus: Mapping[str, float] | None) -> np.ndarray | None:
+    """How often each dataset is drawn: ``focus``'s fractions and the rest shared (None: equally)."""
+    if not focus:
+        return None
+    unknown = sorted(set(focus) - set(datasets))
+    if unknown:
+        raise ValueError(f"focus names datasets {unknown} that are not among the training recordings: {datasets}")
+    fractions = np.array([float(focus.get(d, 0.0)) for d in datasets])
+    total = float(fractions.sum())
+    if (fractions < 0).any() or total > 1 + 1e-9 or (total < 1 - 1e-9 and len(focus) == len(datasets)):
+        raise ValueError(
+            f"focus fractions are in [0, 1] and add up to at most 1 (to 1 with every dataset), got {dict(focus)}"
+        )
+    rest = [i for i, d in enumerate(datasets) if d not in focus]
+    fractions[rest] = (1.0 - total) / len(rest) if rest else 0.0
+    return fractions / fractions.sum()
+
+
+def _batch(prepared, by_dataset, datasets, probabilities, rng, batch_size, window):
     z = np.empty((batch_size, window), np.float32)
     target = np.empty((batch_size, window), np.float32)
     valid = np.empty((batch_size, window), bool)
     noise = np.empty(batch_size)
     for b in range(batch_size):
-        members = by_dataset[datasets[rng.integers(len(datasets))]]
+        pick = rng.integers(len(datasets)) if probabilities is None else rng.choice(len(datasets), p=probabilities)
+        members = by_dataset[datasets[pick]]
         lengths = np.array([prepared[i]["z"].size for i in members], float)
         p = prepared[members[rng.choice(len(members), p=lengths / lengths.sum())]]
         start = rng.integers(p["z"].size - window + 1)
         z[b], target[b], valid[b] = (p[k][start : start + window] for k in ("z", "target", "valid"))
         noise[b] = p["noise"]
     return z, noise, target, valid
+
+
+def calibrate_shift(model: SpikeModel, recordings: Iterable, limit: float = 0.2, step: float = 0.02) -> float:
+    """The time shift (s) of the model's output that maximizes the mean spikefinder correlation
+    on ``recordings`` (ground truth of one preparation), on a grid of ``step`` within ``±limit``.
+
+    Positive: the output is moved earlier (the network answered late on these cells). Of equal
+    scores the smallest shift wins.
+    """
+    recordings = [_as_recording(r) for r in recordings]
+    grid = sorted(np.arange(-round(limit / step), round(limit / step) + 1) * step, key=abs)
+    truth = [to_100hz(r.spikes, r.fps) for r in recordings]
+    best, best_score = 0.0, -np.inf
+    for shift in grid:
+        shifted = SpikeModel(model.network, {**model.config, "shift": float(shift)})
+        scores = [
+            spikefinder_correlation(to_100hz(predict(shifted, r.calcium, r.fps), r.fps), t)
+            for r, t in zip(recordings, truth)
+        ]
+        score = float(np.nanmean(scores)) if np.isfinite(scores).any() else -np.inf
+        if score > best_score + 1e-9:
+            best, best_score = float(round(shift, 6)), score
+    return best
+
+
+def _shift(rates: np.ndarray, bins: float) -> np.ndarray:
+    """``rates`` moved earlier by ``bins`` (fractional, linearly interpolated; the ends repeat)."""
+    index = np.arange(rates.size, dtype=np.float64)
+    return np.interp(index + bins, index, rates)
 
 
 def predict(model: SpikeModel, trace: np.ndarray, fps: float) -> np.ndarray:
@@ -285,8 +403,8 @@ def predict(model: SpikeModel, trace: np.ndarray, fps: float) -> np.ndarray:
 
     Returns
     -------
-    ``(frames,)`` float64 expected spike counts per frame; NaN where ``trace`` is NaN; zeros
-    for a constant trace.
+    ``(frames,)`` float64 expected spike counts per frame, scaled by the model's
+    ``config["gain"]`` and moved by its calibrated ``config["shift"]`` (s) where it has them; NaN where ``trace`` is NaN; zeros for a constant trace.
 
     Raises
     ------
@@ -314,6 +432,8 @@ def predict(model: SpikeModel, trace: np.ndarray, fps: float) -> np.ndarray:
                 x = nn.functional.pad(x, (pad, pad), mode="reflect")
                 rates = model.network.layers(x.to(next(model.network.parameters()).device))
                 rates = nn.functional.softplus(rates[:, 0, pad : pad + n_out])[0].double().cpu().numpy() / rate
-            out = rebin(rates, rate, fps, trace.size, "sum")
+            if model.config.get("shift", 0.0):
+                rates = _shift(rates, model.config["shift"] * rate)
+            out = rebin(rates * model.config.get("gain", 1.0), rate, fps, trace.size, "sum")
     out[missing] = np.nan
     return out

@@ -137,17 +137,22 @@ def cross_validate(
     focus=0.0,
     match_noise=False,
     calibrate=True,
+    unseen=False,
 ) -> dict:
     cells, training = [], {}
     infer_spikes(recordings[0].calcium[None][:, :500], recordings[0].fps)  # compile once, outside the timings
     oasis = run_oasis(recordings, oasis_python) if oasis_python else None
     for group, held in folds or dataset_folds(recordings):
         targets = [recordings[i] for i in held]
+        dataset = group.split("/")[0]
+        siblings = [r for i, r in enumerate(recordings) if i not in held and r.dataset == dataset]
         train = [r for i, r in enumerate(recordings) if i not in held and not same_cells(r, targets)]
-        fold_params = specialize(params, targets, train, group.split("/")[0], focus, match_noise)
+        if unseen:  # the held-out cells' preparation is not trained on: its other cells only calibrate
+            train = [r for r in train if r.dataset != dataset]
+        fold_params = specialize(params, targets, train, dataset, focus, match_noise)
         model, seconds = timed(lambda: train_models(train, fold_params, ensemble))
         if calibrate:
-            model = calibrated(model, [r for r in train if r.dataset == group.split("/")[0]])
+            model = calibrated(model, siblings)
         training[group] = {
             "seconds": seconds,
             "training_correlation": float(np.mean([m.score for m in model])),
@@ -201,6 +206,7 @@ def summarize(cells: list) -> dict:
             "mean_over_cells": float(np.nanmean([c[m] for c in cells])),
             "mean_over_datasets": float(np.mean([table[d][m] for d in datasets])),
             "seconds": float(sum(c[f"{m}_seconds"] for c in cells)),
+            "cells_per_second": len(cells) / max(float(sum(c[f"{m}_seconds"] for c in cells)), 1e-9),
         }
         for m in methods
     }
@@ -220,8 +226,13 @@ def print_table(result: dict) -> None:
     print(f"{'dataset':24s} {'cells':>5s} " + " ".join(f"{m:>18s}" for m in methods))
     for d, row in summary["datasets"].items():
         print(f"{d:24s} {row['cells']:5d} " + " ".join(f"{row[m]:18.3f}" for m in methods))
-    for label in ("mean_over_cells", "mean_over_datasets", "seconds"):
+    for label in ("mean_over_cells", "mean_over_datasets", "seconds", "cells_per_second"):
         print(f"{label:30s} " + " ".join(f"{summary['methods'][m][label]:18.3f}" for m in methods))
+    training = result.get("training_seconds")
+    if training is None and "training" in result:
+        training = sum(fold["seconds"] for fold in result["training"].values())
+    if training is not None:
+        print(f"supervised training: {training:.0f} s in all (inference seconds above exclude it)")
     if "oasis-ar1" in methods:
         ours = summary["methods"]["deconvolution-ar1"]
         theirs = summary["methods"]["oasis-ar1"]
@@ -261,10 +272,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--cv",
-        choices=["datasets", "cells"],
+        choices=["datasets", "cells", "unseen-cells"],
         default="datasets",
         help="datasets: leave one dataset out; cells: held-out cells of each spikefinder dataset "
-        "(like the challenge's test cells), 2 folds",
+        "(like the challenge's test cells), 2 folds; unseen-cells: the same held-out cells, their "
+        "dataset's other cells only calibrate the shift and are not trained on",
     )
     parser.add_argument("--rate", type=float, help="the network's rate in Hz (default: the builder's)")
     parser.add_argument("--ensemble", type=int, default=1, help="networks per fold, seeds seed.. (mean prediction)")
@@ -346,7 +358,7 @@ def main(argv=None) -> int:
         }
         result["mean_correlation"] = result["summary"]["methods"]["supervised"]["mean_over_cells"]
     else:
-        folds = cell_folds(recordings) if args.cv == "cells" else dataset_folds(recordings)
+        folds = cell_folds(recordings) if args.cv in ("cells", "unseen-cells") else dataset_folds(recordings)
         result = {
             "params": params,
             "cv": args.cv,
@@ -355,7 +367,15 @@ def main(argv=None) -> int:
             "match_noise": args.match_noise,
             "calibrate": args.calibrate,
             **cross_validate(
-                recordings, params, oasis_python, folds, args.ensemble, args.focus, args.match_noise, args.calibrate
+                recordings,
+                params,
+                oasis_python,
+                folds,
+                args.ensemble,
+                args.focus,
+                args.match_noise,
+                args.calibrate,
+                unseen=args.cv == "unseen-cells",
             ),
         }
         result["summary"] = summarize(result["cells"])

@@ -249,7 +249,7 @@ def test_shipped_weights_infer_spikes_of_a_simulated_cell():
     calcium, counts = simulate_cell(7, frames=3000, fps=30.0)
     inferred = infer_spikes(calcium, 30.0, "pretrained")[0]
     assert inferred.shape == (3000,) and float(inferred.min()) >= 0.0
-    # 0.495: trained on real indicators, the network meets this ideal AR(1) cell (the model the
+    # 0.542: trained on real indicators, the network meets this ideal AR(1) cell (the model the
     # deconvolution assumes: 0.96 there) with kinetics it never saw
     assert spikefinder_correlation(to_100hz(inferred, 30.0), to_100hz(counts, 30.0)) > 0.4
 

@@ -156,3 +156,28 @@ def test_export_pretrained_writes_weights_the_pretrained_method_uses(tables, tmp
 def test_export_pretrained_names_a_missing_training_set(tables):
     with pytest.raises(ValueError, match=r"training set 'nowhere' does not exist \(expected one of: "):
         tables.export_pretrained("nowhere")
+
+
+def test_spike_model_calibrated_on_a_preparation_keeps_its_shift(tables, trained):
+    calibrated = tables.SpikeMethod.insert_method(
+        "supervised", {"training_set": "sim", "calibrate": "sim-train", **TRAINING}
+    )
+    result = tables.SpikeModel.populate(calibrated, reserve_jobs=True, suppress_errors=True)
+    assert result["success_count"] == 1, result["error_list"]
+    from pipeline.spikes import Recording
+
+    recordings = [
+        Recording(r["calcium"], r["spikes"], r["fps"], r["dataset"], r["name"]) for r in trained["recordings"]
+    ]
+    again = train_spike_model(sorted(recordings, key=lambda r: r.name), calibrate="sim-train", **TRAINING)
+    model = tables.SpikeModel.load_model(calibrated)
+    assert model.config["shift"] == again.config["shift"] and abs(model.config["shift"]) <= 0.2
+    assert model.config["gain"] == pytest.approx(again.config["gain"])
+
+
+def test_calibrating_on_a_dataset_outside_the_training_set_is_a_job_error(tables, trained):
+    method = tables.SpikeMethod.insert_method("supervised", {"training_set": "sim", "calibrate": "my-rig", **TRAINING})
+    result = tables.SpikeModel.populate(method, reserve_jobs=True, suppress_errors=True)
+    assert result["success_count"] == 0 and not tables.SpikeModel & method
+    message = (tables.SpikeModel.jobs & "status = 'error'").to_arrays("error_message")
+    assert any("calibrate names dataset 'my-rig', which has no training recording: ['sim-train']" in m for m in message)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.spikes import infer_spikes, read_cascade, read_spikefinder, spikefinder_correlation, train_spike_model  # noqa: E402
 from pipeline.spikes.resampling import to_100hz  # noqa: E402
-from pipeline.spikes.supervised import SpikeModel, calibrate_shift, trace_noise  # noqa: E402
+from pipeline.spikes.supervised import calibrate_shift, trace_noise  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 DEFAULT_OASIS = ROOT.parent / "peers" / "oasis" / "bin" / "python"
@@ -125,7 +125,7 @@ def calibrated(models: list, own: list) -> list:
     preparation), as ``train_spike_model(calibrate=...)`` does; unchanged without any."""
     if not own:
         return models
-    return [SpikeModel(m.network, {**m.config, "shift": calibrate_shift(m, own)}, m.score) for m in models]
+    return [m.with_config(shift=calibrate_shift(m, own)) for m in models]
 
 
 def cross_validate(
@@ -320,14 +320,14 @@ def main(argv=None) -> int:
     if args.eval_dir:
         test = read_eval_dir(args.eval_dir)
         datasets = sorted({r.dataset for r in test})
-        # the training cells of each test dataset's preparation: spikefinder-N for test-N
-        own = {d: [r for r in recordings if r.dataset == "spikefinder-" + d.removeprefix("test-")] for d in datasets}
+        # each test dataset's preparation in the training data: spikefinder-N for test-N
+        preparation = {d: "spikefinder-" + d.removeprefix("test-") for d in datasets}
+        own = {d: [r for r in recordings if r.dataset == preparation[d]] for d in datasets}
         specialized = bool(args.focus or args.match_noise)
         trained, seconds = {}, 0.0
         for group in datasets if specialized else [None]:  # a model per test dataset when specialized
             targets = [r for r in test if group in (None, r.dataset)]
-            train_as = own[group][0].dataset if group and own[group] else None
-            group_params = specialize(params, targets, recordings, train_as, args.focus, args.match_noise)
+            group_params = specialize(params, targets, recordings, preparation.get(group), args.focus, args.match_noise)
             trained[group], secs = timed(lambda: train_models(recordings, group_params, args.ensemble))
             seconds += secs
         models = {}

@@ -108,6 +108,10 @@ class SpikeModel:
         state = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
         return cls.from_state_dict(state, config, score)
 
+    def with_config(self, **changes) -> "SpikeModel":
+        """The same network with ``changes`` to its config (e.g. a calibrated ``shift``)."""
+        return SpikeModel(self.network, {**self.config, **changes}, self.score, self.history)
+
     @property
     def window_seconds(self) -> float:
         """The shortest trace (s) the model accepts: its receptive field."""
@@ -244,8 +248,8 @@ def train_spike_model(
     datasets = sorted({p["dataset"] for p in prepared})
     by_dataset = {d: [i for i, p in enumerate(prepared) if p["dataset"] == d] for d in datasets}
     probabilities = _dataset_probabilities(datasets, focus)
-    if calibrate is not None and calibrate not in {r.dataset for r in recordings}:
-        known = sorted({r.dataset for r in recordings})
+    known = sorted({r.dataset for r in recordings})
+    if calibrate is not None and calibrate not in known:
         raise ValueError(f"calibrate names dataset {calibrate!r}, which has no training recording: {known}")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective is one of {sorted(OBJECTIVES)}, got {objective!r}")
@@ -374,7 +378,7 @@ def calibrate_shift(model: SpikeModel, recordings: Iterable, limit: float = 0.2,
     truth = [to_100hz(r.spikes, r.fps) for r in recordings]
     best, best_score = 0.0, -np.inf
     for shift in grid:
-        shifted = SpikeModel(model.network, {**model.config, "shift": float(shift)})
+        shifted = model.with_config(shift=float(shift))
         scores = [
             spikefinder_correlation(to_100hz(predict(shifted, r.calcium, r.fps), r.fps), t)
             for r, t in zip(recordings, truth)
@@ -404,7 +408,8 @@ def predict(model: SpikeModel, trace: np.ndarray, fps: float) -> np.ndarray:
     Returns
     -------
     ``(frames,)`` float64 expected spike counts per frame, scaled by the model's
-    ``config["gain"]`` and moved by its calibrated ``config["shift"]`` (s) where it has them; NaN where ``trace`` is NaN; zeros for a constant trace.
+    ``config["gain"]`` and moved by its calibrated ``config["shift"]`` (s) where it has them;
+    NaN where ``trace`` is NaN; zeros for a constant trace.
 
     Raises
     ------

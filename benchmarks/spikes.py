@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.spikes import infer_spikes, read_cascade, read_spikefinder, spikefinder_correlation, train_spike_model  # noqa: E402
 from pipeline.spikes.resampling import to_100hz  # noqa: E402
-from pipeline.spikes.supervised import calibrate_shift, trace_noise  # noqa: E402
+from pipeline.spikes.supervised import calibrate_timing, trace_noise  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 DEFAULT_OASIS = ROOT.parent / "peers" / "oasis" / "bin" / "python"
@@ -121,11 +121,11 @@ def specialize(params: dict, targets: list, train: list, dataset: str | None, fo
 
 
 def calibrated(models: list, own: list) -> list:
-    """The models with their output shifted to match ``own`` (training cells of the target's
-    preparation), as ``train_spike_model(calibrate=...)`` does; unchanged without any."""
+    """The models with their output shifted and smoothed to match ``own`` (training cells of the
+    target's preparation), as ``train_spike_model(calibrate=...)`` does; unchanged without any."""
     if not own:
         return models
-    return [m.with_config(shift=calibrate_shift(m, own)) for m in models]
+    return [m.with_config(**calibrate_timing(m, own)) for m in models]
 
 
 def cross_validate(
@@ -158,6 +158,7 @@ def cross_validate(
             "training_correlation": float(np.mean([m.score for m in model])),
             "params": fold_params,
             "shift": [m.config.get("shift", 0.0) for m in model],
+            "blur": [m.config.get("blur", 0.0) for m in model],
         }
         print(f"fold {group}: trained on {len(train)} recordings in {seconds:.0f} s", file=sys.stderr, flush=True)
         for i in held:
@@ -276,7 +277,7 @@ def main(argv=None) -> int:
         default="datasets",
         help="datasets: leave one dataset out; cells: held-out cells of each spikefinder dataset "
         "(like the challenge's test cells), 2 folds; unseen-cells: the same held-out cells, their "
-        "dataset's other cells only calibrate the shift and are not trained on",
+        "dataset's other cells only calibrate the timing (shift, blur) and are not trained on",
     )
     parser.add_argument("--rate", type=float, help="the network's rate in Hz (default: the builder's)")
     parser.add_argument("--ensemble", type=int, default=1, help="networks per fold, seeds seed.. (mean prediction)")
@@ -296,7 +297,7 @@ def main(argv=None) -> int:
         "--no-calibrate",
         dest="calibrate",
         action="store_false",
-        help="do not shift the output per target dataset to fit its preparation's training cells "
+        help="do not shift and smooth the output per target dataset to fit its preparation's training cells "
         "(spikefinder-N for test-N; the held-out cells' own dataset in --cv cells)",
     )
     parser.add_argument(
@@ -334,7 +335,7 @@ def main(argv=None) -> int:
         for d in datasets:
             chosen = trained[d if specialized else None]
             models[d] = calibrated(chosen, own[d]) if args.calibrate else chosen
-        per_group = {d: {"shift": [m.config.get("shift", 0.0) for m in models[d]]} for d in datasets}
+        per_group = {d: {k: [m.config.get(k, 0.0) for m in models[d]] for k in ("shift", "blur")} for d in datasets}
         infer_spikes(test[0].calcium[None][:, :500], test[0].fps)
         oasis = run_oasis(test, oasis_python) if oasis_python else None
         cells = []

@@ -104,8 +104,8 @@ def test_notebook_runs_start_to_end(path, demo_env):
     if path.name.startswith("02"):
         assert re.search(r"recall (0|1)\.\d\d, precision", out)
     if path.name.startswith("03"):
-        (shift,) = re.findall(r"best shift ([+-]\d+) ms on [1-9]\d* cells", out)
-        assert abs(int(shift)) <= 200
+        ((shift, blur),) = re.findall(r"best shift ([+-]\d+) ms, blur (\d+) ms on [1-9]\d* cells", out)
+        assert abs(int(shift)) <= 200 and int(blur) in (0, 20, 40, 60, 80)
     if path.name.startswith("07"):
         assert re.search(r"MEI vs true filter: median correlation -?[01]\.\d\d; preferred orientation error", out)
         assert re.search(r"[1-9]\d* held-out units", out)

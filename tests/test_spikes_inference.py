@@ -315,24 +315,44 @@ def test_trace_noise_of_white_noise_is_one_z_unit():
     assert trace_noise(np.full(100, 3.0), 25.0) == 0.0
 
 
-def test_calibration_finds_the_delay_of_a_preparation_and_the_output_moves_by_it(small_model):
-    from pipeline.spikes.supervised import calibrate_shift
+def test_calibration_finds_the_delay_and_the_timing_jitter_of_a_preparation(small_model):
+    from pipeline.spikes.supervised import calibrate_timing
 
-    delayed = []
+    delayed, jittered = [], []
+    rng = np.random.default_rng(7)
     for i in range(3):  # a preparation whose calcium arrives 0.1 s (3 frames) after the spikes
         calcium, counts = simulate_cell(200 + i, frames=3000, fps=30.0)
         delayed.append(
             {"calcium": np.concatenate([np.full(3, calcium[0]), calcium[:-3]]), "spikes": counts, "fps": 30.0}
         )
-    assert calibrate_shift(small_model, delayed) == pytest.approx(0.1, abs=0.021)
-    aligned = [simulate_recordings(1, seed=300)[0]]
-    assert calibrate_shift(small_model, aligned) == pytest.approx(0.0, abs=0.021)
+        # one whose recorded spike times scatter by 0.15 s around the calcium's
+        frames = np.repeat(np.arange(counts.size), counts.astype(int))
+        moved = np.clip(np.round(frames + rng.normal(0, 4.5, frames.size)), 0, counts.size - 1).astype(int)
+        jittered.append({"calcium": calcium, "spikes": np.bincount(moved, minlength=counts.size), "fps": 30.0})
+    timing = calibrate_timing(small_model, delayed)
+    assert timing["shift"] == pytest.approx(0.1, abs=0.021) and timing["blur"] <= 0.02
+    assert calibrate_timing(small_model, jittered)["blur"] >= 0.06
+    aligned = calibrate_timing(small_model, [simulate_recordings(1, seed=300)[0]])
+    assert aligned["shift"] == pytest.approx(0.0, abs=0.021) and aligned["blur"] <= 0.02
+    with pytest.raises(ValueError, match=r"blurs are Gaussian widths in seconds, at least 0; got \[-0.1, 0.0\]"):
+        calibrate_timing(small_model, delayed, blurs=(0.0, -0.1))
+
+
+def test_a_blurred_model_keeps_the_spike_total_and_lowers_the_peaks(small_model):
+    calcium, _ = simulate_cell(5, frames=3000, fps=30.0)
+    from pipeline.spikes.supervised import predict
+
+    sharp = predict(small_model, calcium, 30.0)
+    smooth = predict(small_model.with_config(blur=0.08), calcium, 30.0)
+    assert smooth.sum() == pytest.approx(sharp.sum(), rel=0.01)
+    assert smooth.max() < 0.9 * sharp.max()
 
 
 def test_calibrate_names_a_training_dataset_and_stores_its_shift():
     recordings = simulate_recordings(4, frames=1500)
     model = train_spike_model(recordings, steps=20, calibrate="sim1", **SMALL)
     assert abs(model.config["shift"]) <= 0.2 and round(model.config["shift"] / 0.02, 6) % 1 == 0
+    assert model.config["blur"] in (0.0, 0.02, 0.04, 0.06, 0.08)
     assert model.config["gain"] > 0
     with pytest.raises(
         ValueError, match=r"calibrate names dataset 'sim9', which has no training recording: \['sim0', 'sim1'\]"

@@ -172,6 +172,7 @@ def test_spike_model_calibrated_on_a_preparation_keeps_its_shift(tables, trained
     again = train_spike_model(sorted(recordings, key=lambda r: r.name), calibrate="sim-train", **TRAINING)
     model = tables.SpikeModel.load_model(calibrated)
     assert model.config["shift"] == again.config["shift"] and abs(model.config["shift"]) <= 0.2
+    assert model.config["blur"] == again.config["blur"]
     assert model.config["gain"] == pytest.approx(again.config["gain"])
 
 

@@ -27,6 +27,7 @@ from .recordings import Recording, check_fps, spike_counts
 from .resampling import fill_gaps, rebin, to_100hz
 
 NOISE_FLOOR = 0.02  # z units: a trace is never treated as less noisy than this
+BLURS = (0.0, 0.02, 0.04, 0.06, 0.08)  # s: the output smoothings calibrate_timing chooses from
 
 
 def normalize(trace: np.ndarray) -> tuple[np.ndarray, float]:
@@ -214,10 +215,10 @@ def train_spike_model(
         output is then scaled (``config["gain"]``) so that it sums to the training spikes.
     calibrate
         A dataset of the training recordings: after training, the model's output is shifted in
-        time by the amount (``calibrate_shift``) that best matches that dataset's spikes, kept in
-        ``config["shift"]``. Each preparation has its own delay between spikes and recorded
-        calcium (indicator rise, acquisition, resampling); a model for one preparation should
-        be calibrated on its cells.
+        time and smoothed by the amounts (``calibrate_timing``) that best match that dataset's
+        spikes, kept in ``config["shift"]`` and ``config["blur"]``. Each preparation has its own
+        delay between spikes and recorded calcium (indicator rise, acquisition, resampling); a
+        model for one preparation should be calibrated on its cells.
     focus
         ``{dataset: fraction}``: that fraction of the training windows comes from that dataset
         (for a model specialized to one preparation); the other datasets share the rest equally.
@@ -302,7 +303,7 @@ def train_spike_model(
         total = sum(float(np.nansum(np.where(np.isnan(r.spikes), np.nan, p))) for r, p in zip(recordings, predicted))
         model.config["gain"] = float(sum(np.nansum(r.spikes) for r in recordings) / total) if total > 0 else 1.0
     if calibrate is not None:
-        model.config["shift"] = calibrate_shift(model, [r for r in recordings if r.dataset == calibrate])
+        model.config.update(calibrate_timing(model, [r for r in recordings if r.dataset == calibrate]))
     scores = [
         spikefinder_correlation(to_100hz(predict(model, r.calcium, r.fps), r.fps), to_100hz(r.spikes, r.fps))
         for r in recordings
@@ -366,26 +367,41 @@ def _batch(prepared, by_dataset, datasets, probabilities, rng, batch_size, windo
     return z, noise, target, valid
 
 
-def calibrate_shift(model: SpikeModel, recordings: Iterable, limit: float = 0.2, step: float = 0.02) -> float:
-    """The time shift (s) of the model's output that maximizes the mean spikefinder correlation
-    on ``recordings`` (ground truth of one preparation), on a grid of ``step`` within ``±limit``.
+def calibrate_timing(
+    model: SpikeModel,
+    recordings: Iterable,
+    limit: float = 0.2,
+    step: float = 0.02,
+    blurs: Iterable[float] = BLURS,
+) -> dict:
+    """The time shift and blur of the model's output that maximize the mean spikefinder
+    correlation on ``recordings`` (ground truth of one preparation).
 
-    Positive: the output is moved earlier (the network answered late on these cells). Of equal
-    scores the smallest shift wins.
+    ``shift`` (s) is chosen on a grid of ``step`` within ``±limit``: positive moves the output
+    earlier (the network answered late on these cells). ``blur`` (s) is the width of a Gaussian
+    that smooths the output, one of ``blurs``: a preparation whose spike timing the network
+    reads less precisely scores higher with a smoother output. Of equal scores the smallest
+    shift, then the smallest blur, wins. The network runs once per recording.
+
+    Returns ``{"shift": float, "blur": float}``, for ``model.with_config(**...)``.
     """
     recordings = [_as_recording(r) for r in recordings]
+    rate = model.config["rate"]
     grid = sorted(np.arange(-round(limit / step), round(limit / step) + 1) * step, key=abs)
-    truth = [to_100hz(r.spikes, r.fps) for r in recordings]
-    best, best_score = 0.0, -np.inf
+    blurs = sorted(float(b) for b in blurs)
+    if not blurs or blurs[0] < 0:
+        raise ValueError(f"blurs are Gaussian widths in seconds, at least 0; got {blurs}")
+    runs = [(*_network_rates(model, r.calcium, r.fps), r.fps, to_100hz(r.spikes, r.fps)) for r in recordings]
+    best, best_score = {"shift": 0.0, "blur": 0.0}, -np.inf
     for shift in grid:
-        shifted = model.with_config(shift=float(shift))
-        scores = [
-            spikefinder_correlation(to_100hz(predict(shifted, r.calcium, r.fps), r.fps), t)
-            for r, t in zip(recordings, truth)
-        ]
-        score = float(np.nanmean(scores)) if np.isfinite(scores).any() else -np.inf
-        if score > best_score + 1e-9:
-            best, best_score = float(round(shift, 6)), score
+        for blur in blurs:
+            scores = [
+                spikefinder_correlation(to_100hz(_timed(rates, missing, fps, rate, shift, blur, 1.0), fps), truth)
+                for rates, missing, fps, truth in runs
+            ]
+            score = float(np.nanmean(scores)) if np.isfinite(scores).any() else -np.inf
+            if score > best_score + 1e-9:
+                best, best_score = {"shift": float(round(shift, 6)), "blur": blur}, score
     return best
 
 
@@ -393,6 +409,48 @@ def _shift(rates: np.ndarray, bins: float) -> np.ndarray:
     """``rates`` moved earlier by ``bins`` (fractional, linearly interpolated; the ends repeat)."""
     index = np.arange(rates.size, dtype=np.float64)
     return np.interp(index + bins, index, rates)
+
+
+def _network_rates(model: SpikeModel, trace: np.ndarray, fps: float) -> tuple[np.ndarray | None, np.ndarray]:
+    """The network's spikes per bin at its rate (None for a constant or all-missing trace) and
+    the trace's missing samples; raises for a trace shorter than the receptive field."""
+    fps = check_fps(fps)
+    trace = np.asarray(trace, dtype=np.float64)
+    rate = model.config["rate"]
+    field_bins = model.network.receptive_field
+    n_out = int(np.ceil(trace.size * rate / fps))
+    if n_out < field_bins:
+        raise ValueError(
+            f"trace has {trace.size} samples at {fps:g} Hz ({trace.size / fps:.2f} s); the supervised model "
+            f"needs at least {model.window_seconds:.2f} s ({field_bins} bins at {rate:g} Hz)"
+        )
+    filled, missing = fill_gaps(trace)
+    if missing.all():
+        return None, missing
+    z, noise = normalize(rebin(filled, fps, rate, n_out, "mean"))
+    if noise <= 0:
+        return None, missing
+    with torch.no_grad():
+        x = network_input(torch.from_numpy(z)[None], torch.tensor([noise], dtype=torch.float32))
+        pad = field_bins // 2
+        x = nn.functional.pad(x, (pad, pad), mode="reflect")
+        rates = model.network.layers(x.to(next(model.network.parameters()).device))
+        rates = nn.functional.softplus(rates[:, 0, pad : pad + n_out])[0].double().cpu().numpy() / rate
+    return rates, missing
+
+
+def _timed(rates, missing, fps, rate, shift, blur, gain) -> np.ndarray:
+    """Network rates moved by ``shift`` s, smoothed by a Gaussian of ``blur`` s, scaled by
+    ``gain``, as spikes per frame at ``fps`` (NaN where the trace is missing)."""
+    out = np.zeros(missing.size)
+    if rates is not None:
+        if shift:
+            rates = _shift(rates, shift * rate)
+        if blur:
+            rates = gaussian_filter1d(rates, blur * rate, mode="nearest")
+        out = rebin(rates * gain, rate, fps, missing.size, "sum")
+    out[missing] = np.nan
+    return out
 
 
 def predict(model: SpikeModel, trace: np.ndarray, fps: float) -> np.ndarray:
@@ -408,37 +466,17 @@ def predict(model: SpikeModel, trace: np.ndarray, fps: float) -> np.ndarray:
     Returns
     -------
     ``(frames,)`` float64 expected spike counts per frame, scaled by the model's
-    ``config["gain"]`` and moved by its calibrated ``config["shift"]`` (s) where it has them;
-    NaN where ``trace`` is NaN; zeros for a constant trace.
+    ``config["gain"]``, moved by its calibrated ``config["shift"]`` (s) and smoothed by its
+    ``config["blur"]`` (s) where it has them; NaN where ``trace`` is NaN; zeros for a
+    constant trace.
 
     Raises
     ------
     ValueError
         If fps is not positive, or the trace is shorter than the model's receptive field.
     """
-    fps = check_fps(fps)
-    trace = np.asarray(trace, dtype=np.float64)
-    rate = model.config["rate"]
-    field_bins = model.network.receptive_field
-    n_out = int(np.ceil(trace.size * rate / fps))
-    if n_out < field_bins:
-        raise ValueError(
-            f"trace has {trace.size} samples at {fps:g} Hz ({trace.size / fps:.2f} s); the supervised model "
-            f"needs at least {model.window_seconds:.2f} s ({field_bins} bins at {rate:g} Hz)"
-        )
-    filled, missing = fill_gaps(trace)
-    out = np.zeros(trace.size)
-    if not missing.all():
-        z, noise = normalize(rebin(filled, fps, rate, n_out, "mean"))
-        if noise > 0:
-            with torch.no_grad():
-                x = network_input(torch.from_numpy(z)[None], torch.tensor([noise], dtype=torch.float32))
-                pad = field_bins // 2
-                x = nn.functional.pad(x, (pad, pad), mode="reflect")
-                rates = model.network.layers(x.to(next(model.network.parameters()).device))
-                rates = nn.functional.softplus(rates[:, 0, pad : pad + n_out])[0].double().cpu().numpy() / rate
-            if model.config.get("shift", 0.0):
-                rates = _shift(rates, model.config["shift"] * rate)
-            out = rebin(rates * model.config.get("gain", 1.0), rate, fps, trace.size, "sum")
-    out[missing] = np.nan
-    return out
+    rates, missing = _network_rates(model, trace, fps)
+    c = model.config
+    return _timed(
+        rates, missing, check_fps(fps), c["rate"], c.get("shift", 0.0), c.get("blur", 0.0), c.get("gain", 1.0)
+    )

@@ -131,6 +131,16 @@ def specialize(params: dict, targets: list, train: list, dataset: str | None, fo
     return out
 
 
+def own_preparation(test: str) -> str:
+    """The training dataset of a spikefinder test dataset's own preparation: spikefinder-N for test-N."""
+    return "spikefinder-" + test.removeprefix("test-")
+
+
+def timing(models: list) -> dict:
+    """The calibrated ``shift`` and ``blur`` (s) of each model, for the result JSON."""
+    return {k: [m.config.get(k, 0.0) for m in models] for k in ("shift", "blur")}
+
+
 def calibrated(models: list, own: list) -> list:
     """The models with their output shifted and smoothed to match ``own`` (training cells of the
     target's preparation), as ``train_spike_model(calibrate=...)`` does; unchanged without any."""
@@ -177,8 +187,7 @@ def cross_validate(
             "seconds": seconds,
             "training_correlation": float(np.mean([m.score for m in model])),
             "params": fold_params,
-            "shift": [m.config.get("shift", 0.0) for m in model],
-            "blur": [m.config.get("blur", 0.0) for m in model],
+            **timing(model),
         }
         done = f"in {seconds:.0f} s" if fresh else "(the model of an earlier fold)"
         print(f"fold {group}: trained on {len(train)} recordings {done}", file=sys.stderr, flush=True)
@@ -213,7 +222,7 @@ def mirror_folds(recordings) -> list[tuple[str, list[int], str]]:
     out = []
     for test, source in MIRRORS.items():
         members = [i for i, r in enumerate(recordings) if r.dataset == source]
-        if source == "spikefinder-" + test.removeprefix("test-"):  # its own cells: half calibrate
+        if source == own_preparation(test):  # its own cells: half calibrate
             out += [(f"{source}/fold{k}", members[k::2], test) for k in range(2)]
         else:
             out.append((source, members, test))
@@ -357,8 +366,7 @@ def main(argv=None) -> int:
     if args.eval_dir:
         test = read_eval_dir(args.eval_dir)
         datasets = sorted({r.dataset for r in test})
-        # each test dataset's preparation in the training data: spikefinder-N for test-N
-        preparation = {d: "spikefinder-" + d.removeprefix("test-") for d in datasets}
+        preparation = {d: own_preparation(d) for d in datasets}
         own = {d: [r for r in recordings if r.dataset == preparation[d]] for d in datasets}
         specialized = bool(args.focus or args.match_noise)
         trained, seconds = {}, 0.0
@@ -371,7 +379,7 @@ def main(argv=None) -> int:
         for d in datasets:
             chosen = trained[d if specialized else None]
             models[d] = calibrated(chosen, own[d]) if args.calibrate else chosen
-        per_group = {d: {k: [m.config.get(k, 0.0) for m in models[d]] for k in ("shift", "blur")} for d in datasets}
+        per_group = {d: timing(models[d]) for d in datasets}
         infer_spikes(test[0].calcium[None][:, :500], test[0].fps)
         oasis = run_oasis(test, oasis_python) if oasis_python else None
         cells = []

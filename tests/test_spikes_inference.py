@@ -339,9 +339,9 @@ def test_calibration_finds_the_delay_and_the_timing_jitter_of_a_preparation(smal
 
 
 def test_a_blurred_model_keeps_the_spike_total_and_lowers_the_peaks(small_model):
-    calcium, _ = simulate_cell(5, frames=3000, fps=30.0)
     from pipeline.spikes.supervised import predict
 
+    calcium, _ = simulate_cell(5, frames=3000, fps=30.0)
     sharp = predict(small_model, calcium, 30.0)
     smooth = predict(small_model.with_config(blur=0.08), calcium, 30.0)
     assert smooth.sum() == pytest.approx(sharp.sum(), rel=0.01)

@@ -298,15 +298,16 @@ def train_spike_model(
             history.append(float(loss.detach()))
         network.eval()
     model = SpikeModel(network, config, history=history)
+    runs = [_network_rates(model, r.calcium, r.fps) for r in recordings]  # the network runs once per recording
     if objective != "mse":  # the objective ignores the scale: match the total number of spikes
-        predicted = [predict(model, r.calcium, r.fps) for r in recordings]
+        predicted = [_output(model, rates, missing, r.fps) for (rates, missing), r in zip(runs, recordings)]
         total = sum(float(np.nansum(np.where(np.isnan(r.spikes), np.nan, p))) for r, p in zip(recordings, predicted))
         model.config["gain"] = float(sum(np.nansum(r.spikes) for r in recordings) / total) if total > 0 else 1.0
     if calibrate is not None:
         model.config.update(calibrate_timing(model, [r for r in recordings if r.dataset == calibrate]))
     scores = [
-        spikefinder_correlation(to_100hz(predict(model, r.calcium, r.fps), r.fps), to_100hz(r.spikes, r.fps))
-        for r in recordings
+        spikefinder_correlation(to_100hz(_output(model, rates, missing, r.fps), r.fps), to_100hz(r.spikes, r.fps))
+        for (rates, missing), r in zip(runs, recordings)
     ]
     model.score = float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
     return model
@@ -475,8 +476,10 @@ def predict(model: SpikeModel, trace: np.ndarray, fps: float) -> np.ndarray:
     ValueError
         If fps is not positive, or the trace is shorter than the model's receptive field.
     """
-    rates, missing = _network_rates(model, trace, fps)
+    return _output(model, *_network_rates(model, trace, fps), check_fps(fps))
+
+
+def _output(model: SpikeModel, rates, missing, fps: float) -> np.ndarray:
+    """``_timed`` with the model's calibrated shift, blur and gain (none: 0, 0 and 1)."""
     c = model.config
-    return _timed(
-        rates, missing, check_fps(fps), c["rate"], c.get("shift", 0.0), c.get("blur", 0.0), c.get("gain", 1.0)
-    )
+    return _timed(rates, missing, fps, c["rate"], c.get("shift", 0.0), c.get("blur", 0.0), c.get("gain", 1.0))

@@ -9,6 +9,7 @@ server is ever stopped. The other faults use the session's ``db`` fixture. The w
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 import os
 import platform
@@ -24,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from schemas import workers  # noqa: E402
-from schemas.workers.controller import STALE_MARGIN_S  # noqa: E402
+from schemas.workers.controller import STALE_MARGIN_S, server_uptime_s  # noqa: E402
 from tests import fault_harness as fh  # noqa: E402
 from tests import work_tables as wt  # noqa: E402
 
@@ -73,6 +74,9 @@ def _restart_under_workers(server, folder: Path, crash: bool = False) -> tuple[f
         run.wait_until_done(3)
         held = fh.reserved_keys(run)
         back = fh.restart_server(run, pause=5.0, crash=crash)
+        run._ensure_connected()
+        # the server's uptime restarted with it: no heartbeat is judged before the workers can send one
+        assert server_uptime_s(run.connection) < time.time() - back + 5.0
         run.wait_for_rows()
         outcome = run.outcome()
         outcome.recovery_s = run.recovery_after(back, held)
@@ -294,6 +298,47 @@ def test_lost_reserve_reply_of_a_busy_worker_is_put_back_by_a_controller_pass(wo
     assert work.rows() == [(0, proc.pid), (1, proc.pid)]
     assert {k: dict(c) for k, c in work.done().items()} == {0: {"start": 1, "done": 1}, 1: {"start": 1, "done": 1}}
     assert len(wt.Square.jobs) == 0
+
+
+def _remote_worker(seconds_since_beat: float, status: str = "busy") -> dict:
+    """A Worker row of a process on another machine whose last heartbeat is ``seconds_since_beat`` old."""
+    connection = workers.Worker.connection
+    now = connection.query("SELECT CURRENT_TIMESTAMP(3)").fetchone()[0]
+    beat = now - datetime.timedelta(seconds=seconds_since_beat)
+    row = dict(worker_id="node-b:4242:0", host="node-b", pid=4242, started=beat, last_seen=beat, status=status)
+    workers.Worker.insert1(row)
+    return row
+
+
+def test_a_job_reserved_after_an_outage_waits_for_its_worker_to_beat_again(work):
+    # after an outage a worker may reserve a job before its heartbeat thread reconnects: the
+    # controller pass of another worker saw an old beat and put the job back (two workers then
+    # computed the same key); a reservation younger than the heartbeat timeout is a sign of life
+    worker = _remote_worker(seconds_since_beat=10.0)
+    _reserve_as_lost_reply({"item_id": 7}, worker)
+    assert workers.recover_orphans([wt.Square], heartbeat_timeout=3) == {}
+    assert (workers.Worker & {"pid": 4242}).fetch1("status") == "lost"
+    assert wt.Square.jobs.reserved.to_arrays("item_id").tolist() == [7]
+    # no beat and no new reservation for longer than the timeout: the job is put back
+    connection = workers.Worker.connection
+    connection.query(
+        f"UPDATE {wt.Square.jobs.full_table_name} SET reserved_time = reserved_time - "
+        f"{connection.adapter.interval_expr(4, 'second')}"
+    )
+    assert workers.recover_orphans([wt.Square], heartbeat_timeout=3) == {"Square": 1}
+    assert wt.Square.jobs.pending.to_arrays("item_id").tolist() == [7]
+
+
+def test_no_worker_is_judged_lost_within_a_heartbeat_timeout_of_the_server_start(work):
+    connection = workers.Worker.connection
+    uptime = server_uptime_s(connection)
+    assert uptime > 1.0
+    # a beat older than the server: under the old rule lost at any timeout shorter than its age
+    _remote_worker(seconds_since_beat=uptime + 7200)
+    assert workers.mark_lost_workers(connection, heartbeat_timeout=uptime + 3600) == 0
+    assert (workers.Worker & {"pid": 4242}).fetch1("status") == "busy"
+    assert workers.mark_lost_workers(connection, heartbeat_timeout=1.0) == 1
+    assert (workers.Worker & {"pid": 4242}).fetch1("status") == "lost"
 
 
 def test_a_job_put_back_is_the_next_one_handed_out(work):

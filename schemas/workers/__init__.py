@@ -9,7 +9,9 @@ again and again. The database is the only thing workers share:
   its own connection (so a long computation, or a dropped main connection, does not stop it);
 - the controller (``pipeline controller``, and every worker now and then) creates missing jobs
   tables, refreshes the queues and puts back to pending any job reserved by a worker whose
-  heartbeat is older than the timeout (DataJoint never recovers a SIGKILLed worker's job).
+  heartbeat is older than the timeout (DataJoint never recovers a SIGKILLed worker's job),
+  unless the server started less than a timeout ago or the job was reserved less than a
+  timeout ago (after an outage, a reservation may come before the first new heartbeat).
 
 Policies (what "a job is not lost" means here):
 

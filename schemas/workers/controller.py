@@ -57,8 +57,23 @@ def release_reserved(jobs, restriction: dict | list | None = None) -> int:
     return cursor.rowcount
 
 
+def server_uptime_s(connection: dj.Connection) -> float:
+    """Seconds since the database server started (a restart resets it)."""
+    if connection.adapter.backend == "postgresql":
+        sql = "SELECT EXTRACT(EPOCH FROM (clock_timestamp() - pg_postmaster_start_time()))"
+        return float(connection.query(sql).fetchone()[0])
+    return float(connection.query("SHOW GLOBAL STATUS LIKE 'Uptime'").fetchone()[1])
+
+
 def mark_lost_workers(connection: dj.Connection, heartbeat_timeout: float) -> int:
-    """Mark live-looking workers whose heartbeat is older than ``heartbeat_timeout`` as lost."""
+    """Mark live-looking workers whose heartbeat is older than ``heartbeat_timeout`` as lost.
+
+    No heartbeat can arrive while the server is down, so none is judged within
+    ``heartbeat_timeout`` of the server's start: after a restart every worker's last beat is
+    as old as the outage, and the workers need that long to reach the server again.
+    """
+    if server_uptime_s(connection) < heartbeat_timeout:
+        return 0
     table = Worker()
     statuses = ", ".join(f"'{s}'" for s in LIVE_STATUSES)
     cursor = connection.query(
@@ -100,9 +115,12 @@ def recover_orphans(tables: Sequence[type], heartbeat_timeout: float) -> dict[st
     """Put back to pending the jobs no live worker is computing; return counts per table.
 
     A reserved job is put back when its (host, pid) belongs to no live worker and either a
-    worker row with that host and pid has stopped heartbeating (any machine), or the host is
-    this machine and no process has that pid (a ``populate()`` killed in a notebook); or when
-    its worker is alive but its heartbeats say it is computing another job (a lost reply).
+    worker row with that host and pid has stopped heartbeating (any machine) and the job was
+    reserved more than ``heartbeat_timeout`` ago (a reservation is a sign of life as good as a
+    heartbeat: a worker back from an outage may reserve before its heartbeat thread reconnects),
+    or the host is this machine and no process has that pid (a ``populate()`` killed in a
+    notebook); or when its worker is alive but its heartbeats say it is computing another job
+    (a lost reply).
     """
     connection = Worker.connection
     mark_lost_workers(connection, heartbeat_timeout)
@@ -124,7 +142,16 @@ def recover_orphans(tables: Sequence[type], heartbeat_timeout: float) -> dict[st
         orphans = [
             (h, p) for (h, p) in holders if (h, p) not in live and ((h, p) in dead or (h == here and not _pid_alive(p)))
         ]
-        n = sum(release_reserved(jobs, {"host": h, "pid": p}) for h, p in orphans)
+        reserved_long_ago = f"reserved_time < {_now(connection)} - {_interval(connection, heartbeat_timeout)}"
+        n = sum(
+            release_reserved(
+                jobs,
+                {"host": h, "pid": p}
+                if h == here and not _pid_alive(p)
+                else dj.AndList([{"host": h, "pid": p}, reserved_long_ago]),
+            )
+            for h, p in orphans
+        )
         stale = _stale_reservations(cls, jobs, rows) if holders - set(orphans) else []
         m = sum(release_reserved(jobs, job) for job in stale)
         if n:

@@ -217,6 +217,22 @@ def test_dropped_connection_during_job_reconnects_and_completes(work):
     assert "reconnect" in work.output()
 
 
+def test_a_key_inserted_by_another_process_during_make_is_done_not_an_error(work):
+    # two processes computed one key (e.g. a worker presumed dead that was only cut off): the
+    # second insert fails; its key is done, not an error in the jobs table, and the worker goes on
+    work.items(2, sleep=2.0)
+    proc = work.worker("--exit-when-idle", "--batch", "1")
+    busy = work.busy_worker()
+    first = json.loads(busy["current_key"])["item_id"]
+    wt.Square.insert1(dict(item_id=first, value=first**2, checksum=0, worker_pid=0), allow_direct_insert=True)
+    assert work.wait(proc) == 0, work.output()
+    assert sorted((r["item_id"], r["worker_pid"]) for r in wt.Square().to_dicts()) == sorted(
+        [(first, 0), (1 - first, proc.pid)]
+    )
+    assert len(wt.Square.jobs) == 0, wt.Square.jobs.to_dicts()  # no error left behind
+    assert f'Square {{"item_id": {first}}}: computed meanwhile by another process' in work.output()
+
+
 def test_sigterm_exits_within_grace_and_puts_the_job_back(work):
     work.items(1, sleep=60)
     proc = work.worker("--grace", "4")

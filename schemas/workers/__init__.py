@@ -27,6 +27,9 @@ Policies (what "a job is not lost" means here):
 - A job reserved under a live worker that, by its heartbeats, computes something else (the
   reply to the reserve UPDATE was lost) is put back by the next controller pass.
 - A job put back keeps its place in the queue.
+- A key whose row another process inserted while this worker computed it (two processes
+  computed it: a worker presumed dead that was only cut off) is done, not an error: the row
+  that was in first is kept.
 - A job that raises: the message and traceback go to the jobs table (``pipeline jobs``), the
   worker goes on with other keys; ``pipeline jobs retry`` puts errors back.
 

@@ -172,6 +172,13 @@ class WorkerProcess:
                 log.warning("%s %s: interrupted by the stop request, put back to pending", name, job[1])
                 self._finish_job(name, key, ok=None)
                 return
+            if error_message.startswith("DuplicateError") and table & jobs._get_pk(key):
+                # another process inserted this key's row while make() computed it (its worker
+                # was presumed dead, or a populate() without reservation): the key is done
+                complete(key)
+                log.warning("%s %s: computed meanwhile by another process; its row is kept, job done", *job)
+                self._finish_job(name, key, ok=None)
+                return
             if is_connection_message(error_message):
                 retries = self.lost_connection_retries.get(job, 0)
                 if retries < RETRIES_AFTER_LOST_CONNECTION:

@@ -300,12 +300,12 @@ def test_lost_reserve_reply_of_a_busy_worker_is_put_back_by_a_controller_pass(wo
     assert len(wt.Square.jobs) == 0
 
 
-def _remote_worker(seconds_since_beat: float, status: str = "busy") -> dict:
+def _remote_worker(seconds_since_beat: float) -> dict:
     """A Worker row of a process on another machine whose last heartbeat is ``seconds_since_beat`` old."""
     connection = workers.Worker.connection
     now = connection.query("SELECT CURRENT_TIMESTAMP(3)").fetchone()[0]
     beat = now - datetime.timedelta(seconds=seconds_since_beat)
-    row = dict(worker_id="node-b:4242:0", host="node-b", pid=4242, started=beat, last_seen=beat, status=status)
+    row = dict(worker_id="node-b:4242:0", host="node-b", pid=4242, started=beat, last_seen=beat, status="busy")
     workers.Worker.insert1(row)
     return row
 

@@ -133,21 +133,20 @@ def recover_orphans(tables: Sequence[type], heartbeat_timeout: float) -> dict[st
     live = {(r["host"], r["pid"]) for r in rows if r["status"] in LIVE_STATUSES}
     dead = {(r["host"], r["pid"]) for r in rows if r["status"] in ("lost", "stopped")} - live
     here = platform.node()
+    reserved_long_ago = f"reserved_time < {_now(connection)} - {_interval(connection, heartbeat_timeout)}"
     counts = {}
     for cls in tables:
         jobs = cls().jobs
         holders = (
             {(h, int(p)) for h, p in zip(*jobs.reserved.to_arrays("host", "pid"))} if len(jobs.reserved) else set()
         )
-        orphans = [
-            (h, p) for (h, p) in holders if (h, p) not in live and ((h, p) in dead or (h == here and not _pid_alive(p)))
-        ]
-        reserved_long_ago = f"reserved_time < {_now(connection)} - {_interval(connection, heartbeat_timeout)}"
+        gone_here = {(h, p) for (h, p) in holders - live if h == here and not _pid_alive(p)}
+        orphans = [(h, p) for (h, p) in holders - live if (h, p) in dead or (h, p) in gone_here]
         n = sum(
             release_reserved(
                 jobs,
                 {"host": h, "pid": p}
-                if h == here and not _pid_alive(p)
+                if (h, p) in gone_here  # no such process: put back at once
                 else dj.AndList([{"host": h, "pid": p}, reserved_long_ago]),
             )
             for h, p in orphans
